@@ -1,0 +1,171 @@
+"""The typed configuration shared by the batch job and the service.
+
+One dataclass, filled from defaults, then a YAML file (`--config`), then command-line
+options, in that order; `validate()` turns every bad value into one clear message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+EMBEDDERS = ("auto", "clip", "features")
+IMAGE_FORMATS = ("jpeg", "webp")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names it."""
+
+
+@dataclass
+class CurateConfig:
+    """Everything a curation run needs to know. Field docs double as `--help` text."""
+
+    input: str = ""
+    output: str = ""
+    fps: float = field(default=1.0, metadata={"help": "frames sampled per second of video"})
+    k: int | str = field(
+        default=16, metadata={"help": "frames kept per video, or 'auto' for an adaptive budget"}
+    )
+    method: str = field(default="kmeans", metadata={"help": "selection method (see --list-methods)"})
+    embedder: str = field(
+        default="auto",
+        metadata={
+            "help": "clip (open_clip; fails without weights), features (training-free, "
+            "fast) or auto (clip when its weights load, features otherwise, with a warning)"
+        },
+    )
+    model: str = field(default="ViT-B-32", metadata={"help": "open_clip model name"})
+    pretrained: str = field(
+        default="laion2b_s34b_b79k",
+        metadata={"help": "open_clip pretrained tag ('random' = random init, tests only)"},
+    )
+    weights: str | None = field(
+        default=None, metadata={"help": "local CLIP checkpoint file or directory (air-gapped)"}
+    )
+    query: str | None = field(default=None, metadata={"help": "text query for query methods (CLIP)"})
+    query_image: str | None = field(
+        default=None, metadata={"help": "image file whose embedding is the query"}
+    )
+    image_format: str = field(default="jpeg", metadata={"help": "jpeg or webp for frames"})
+    image_quality: int = field(default=90, metadata={"help": "JPEG/WebP quality 1-100"})
+    max_side: int | None = field(
+        default=None, metadata={"help": "scale written frames so the long side <= this"}
+    )
+    limit: int | None = field(default=None, metadata={"help": "process at most N input videos"})
+    seed: int = field(default=0, metadata={"help": "seed for randomised methods"})
+    dedup_threshold: float | None = field(
+        default=None, metadata={"help": "drop selected frames more similar than this (cosine)"}
+    )
+    chunk_frames: int = field(default=64, metadata={"help": "sampled frames per chunk row"})
+    max_frames_per_video: int | None = field(
+        default=None, metadata={"help": "cap on sampled frames per video (lowers fps)"}
+    )
+    embed_batch_size: int = field(default=32, metadata={"help": "frames per model batch"})
+    embed_concurrency: tuple[int, int] | int | None = field(
+        default=None, metadata={"help": "embedding actors: N or MIN,MAX (default: by resources)"}
+    )
+    s3_endpoint: str | None = field(
+        default=None, metadata={"help": "endpoint URL of an S3-compatible store"}
+    )
+    all_files: bool = field(
+        default=False, metadata={"help": "list every file under INPUT, not only video extensions"}
+    )
+    retry_failed: bool = field(
+        default=False, metadata={"help": "process again the videos a previous run marked failed"}
+    )
+    max_inflight_videos: int = field(
+        default=8, metadata={"help": "videos being selected + written at once"}
+    )
+
+    def validate(self) -> CurateConfig:
+        """Check every value; returns self, raises ConfigError naming the bad one."""
+        if not self.input:
+            raise ConfigError("INPUT is required")
+        if not self.output:
+            raise ConfigError("OUTPUT is required")
+        if not (self.fps > 0):
+            raise ConfigError(f"--fps must be > 0, got {self.fps}")
+        self.k = parse_k(self.k)
+        if self.embedder not in EMBEDDERS:
+            raise ConfigError(f"--embedder must be one of {', '.join(EMBEDDERS)}, got {self.embedder!r}")
+        if self.image_format == "jpg":
+            self.image_format = "jpeg"
+        if self.image_format not in IMAGE_FORMATS:
+            raise ConfigError(f"--image-format must be jpeg or webp, got {self.image_format!r}")
+        if not 1 <= self.image_quality <= 100:
+            raise ConfigError("--image-quality must be in 1..100")
+        if self.chunk_frames < 1 or self.embed_batch_size < 1 or self.max_inflight_videos < 1:
+            raise ConfigError("--chunk-frames, --embed-batch-size, --max-inflight-videos must be >= 1")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError("--limit must be >= 1")
+        if self.dedup_threshold is not None and not -1.0 <= self.dedup_threshold <= 1.0:
+            raise ConfigError("--dedup-threshold is a cosine similarity in [-1, 1]")
+        self.embed_concurrency = parse_concurrency(self.embed_concurrency)
+        from operators.select import method_names
+
+        if self.method not in method_names():
+            raise ConfigError(f"unknown --method {self.method!r}; choose one of {', '.join(method_names())}")
+        if self.query and self.embedder == "features":
+            raise ConfigError("--query (text) needs --embedder clip; use --query-image with features")
+        return self
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> CurateConfig:
+        """Build from a mapping (YAML file); unknown keys are an error, '-' and '_' both work."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        clean = {}
+        for key, value in values.items():
+            k = str(key).replace("-", "_")
+            if k not in names:
+                raise ConfigError(f"unknown configuration key {key!r}")
+            clean[k] = value
+        return cls(**clean)
+
+    @classmethod
+    def from_yaml(cls, path: str) -> CurateConfig:
+        """Read a YAML file of options (same names as the command-line flags)."""
+        try:
+            with open(path) as f:
+                data = yaml.safe_load(f) or {}
+        except OSError as exc:
+            raise ConfigError(f"cannot read --config {path!r}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"--config {path!r} must hold a mapping of options")
+        return cls.from_dict(data)
+
+
+def parse_k(k: int | str) -> int | str:
+    """'auto' or a positive integer (also from a string); raises ConfigError otherwise."""
+    if isinstance(k, str):
+        if k.strip().lower() == "auto":
+            return "auto"
+        try:
+            k = int(k)
+        except ValueError:
+            raise ConfigError(f"--k must be a positive integer or 'auto', got {k!r}") from None
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ConfigError(f"--k must be a positive integer or 'auto', got {k!r}")
+    return k
+
+
+def parse_concurrency(value: Any) -> tuple[int, int] | int | None:
+    """'4', 4, '1,4', [1, 4] -> 4 or (1, 4); None stays None."""
+    if value is None or isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        parts = [p for p in value.replace(":", ",").split(",") if p.strip()]
+    else:
+        parts = list(value)
+    try:
+        nums = [int(p) for p in parts]
+    except (TypeError, ValueError):
+        raise ConfigError(f"--embed-concurrency must be N or MIN,MAX, got {value!r}") from None
+    if len(nums) == 1:
+        return nums[0]
+    if len(nums) == 2 and 1 <= nums[0] <= nums[1]:
+        return (nums[0], nums[1])
+    raise ConfigError(f"--embed-concurrency must be N or MIN,MAX with MIN <= MAX, got {value!r}")

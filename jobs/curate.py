@@ -1,0 +1,340 @@
+"""framesift's curation job: a folder or bucket of videos in, a curated frame dataset out.
+
+    python -m jobs.curate INPUT OUTPUT [options]        (also: framesift-curate)
+
+The pipeline (one Ray Data dataset, streaming):
+
+    list + resume filter (driver)
+      -> DecodeStage      CPU tasks: download, decode at model size, features; chunk rows
+      -> EmbedStage       actor pool (GPU when there is one): CLIP embeddings per chunk
+      -> VideoAssembler   driver: gathers each video's chunk rows (embeddings only)
+      -> finalize_video   CPU tasks: segment, select, write frames + tables, commit
+
+Videos are committed one by one as they finish, so a killed run keeps everything it had
+committed and a re-run skips it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+import time
+from collections import Counter
+
+import numpy as np
+
+from jobs.config import ConfigError, CurateConfig
+from operators.sources import VIDEO_EXTENSIONS, committed_video_ids, list_inputs
+from operators.storage import Storage, StorageError, check_writable
+from operators.write import read_table, write_report
+
+log = logging.getLogger("framesift")
+
+
+class JobError(RuntimeError):
+    """The run cannot start or produced nothing; the message says why."""
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser; option help comes from the CurateConfig field docs."""
+    p = argparse.ArgumentParser(
+        prog="framesift-curate",
+        description="Select the frames that matter from every video under INPUT and write a "
+        "curated frame dataset (frames/, manifest/, shots/, videos/, report.json) to OUTPUT. "
+        "INPUT and OUTPUT are local paths or s3://bucket/prefix URIs; INPUT may also be a "
+        ".txt or .parquet file listing URIs. Connects to the Ray cluster in RAY_ADDRESS, or "
+        "starts a local one.",
+    )
+    p.add_argument("input", nargs="?", help="folder, s3:// prefix, single video or listing file")
+    p.add_argument("output", nargs="?", help="output folder or s3:// prefix")
+    p.add_argument("--config", help="YAML file with the same options (flags override it)")
+    p.add_argument("--list-methods", action="store_true", help="print the selection methods")
+    for f in dataclasses.fields(CurateConfig):
+        if f.name in ("input", "output"):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        helptext = f.metadata.get("help", "") + f" (default: {f.default})"
+        if f.type in ("bool",) or isinstance(f.default, bool):
+            p.add_argument(flag, action="store_true", default=None, help=helptext)
+        else:
+            p.add_argument(flag, default=None, help=helptext, metavar=f.name.upper())
+    return p
+
+
+def config_from_args(argv: list[str] | None = None) -> CurateConfig:
+    """Parse argv (YAML file first, flags over it) into a validated CurateConfig."""
+    args = build_parser().parse_args(argv)
+    if args.list_methods:
+        from operators.select import method_names
+
+        print("\n".join(method_names()))
+        raise SystemExit(0)
+    cfg = CurateConfig.from_yaml(args.config) if args.config else CurateConfig()
+    for f in dataclasses.fields(CurateConfig):
+        value = getattr(args, f.name, None)
+        if value is None:
+            continue
+        setattr(cfg, f.name, _coerce(f, value))
+    return cfg.validate()
+
+
+def _coerce(f: dataclasses.Field, value):
+    if isinstance(value, bool) or f.name in ("k", "embed_concurrency"):
+        return value
+    default = f.default
+    kinds = {"fps": float, "dedup_threshold": float}
+    if f.name in kinds:
+        conv = kinds[f.name]
+    elif isinstance(default, int) or f.name in ("limit", "max_side", "max_frames_per_video"):
+        conv = int
+    else:
+        return value
+    try:
+        return conv(value)
+    except ValueError:
+        raise ConfigError(f"--{f.name.replace('_', '-')} expects a number, got {value!r}") from None
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def _init_ray():
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            address=os.environ.get("RAY_ADDRESS") or None,
+            logging_level=logging.WARNING,
+            log_to_driver=True,
+            configure_logging=False,
+        )
+    return ray
+
+
+def _embed_resources(ray, cfg: CurateConfig) -> dict:
+    """Actor-pool settings for the embedding stage: one GPU per actor when the cluster has
+    GPUs (autoscaling between 1 and their number), otherwise CPU actors whose torch threads
+    match the CPUs they hold."""
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    cpus = int(resources.get("CPU", 1))
+    conc = cfg.embed_concurrency
+    if gpus:
+        return {"num_gpus": 1, "num_cpus": 1, "concurrency": conc or (1, gpus), "threads": None}
+    # On CPU the model is the bottleneck by ~10x; one actor holding all but one core, with
+    # torch threads to match, leaves a core for decoding.
+    actor_cpus = max(1, cpus - 1)
+    return {"num_gpus": 0, "num_cpus": actor_cpus, "concurrency": conc or 1, "threads": actor_cpus}
+
+
+def _query_vector(cfg: CurateConfig, embedder) -> np.ndarray | None:
+    if cfg.query:
+        return embedder.encode_text([cfg.query])[0]
+    if cfg.query_image:
+        from PIL import Image
+
+        from operators.decode import center_crop
+
+        size = embedder.image_size
+        try:
+            img = Image.open(cfg.query_image).convert("RGB")
+        except Exception as exc:  # noqa: BLE001
+            raise ConfigError(f"cannot read --query-image {cfg.query_image!r}: {exc}") from exc
+        scale = size / min(img.size)
+        img = img.resize((max(size, round(img.width * scale)), max(size, round(img.height * scale))))
+        arr = center_crop(np.asarray(img)[None], size)
+        return embedder.encode_frames(np.ascontiguousarray(arr))[0]
+    return None
+
+
+def preflight(cfg: CurateConfig, storage: Storage):
+    """Everything that can fail before work starts: list INPUT, check OUTPUT is writable,
+    resolve the embedder's weights. Returns (sources to do, skipped count, embedder spec)."""
+    from operators.embed import resolve_embedder
+
+    extensions = None if cfg.all_files else VIDEO_EXTENSIONS
+    sources = list_inputs(storage, cfg.input, extensions=extensions, limit=cfg.limit)
+    if not sources:
+        raise JobError(f"INPUT {cfg.input!r} holds no videos")
+    check_writable(storage, cfg.output)
+    spec = resolve_embedder(cfg.embedder, cfg.model, cfg.pretrained, cfg.weights)
+    done = committed_video_ids(storage, cfg.output)
+    if cfg.retry_failed and done:
+        videos = read_table(storage, cfg.output, "videos").to_pylist()
+        done -= {r["video_id"] for r in videos if r["status"] == "failed"}
+    todo = [s for s in sources if s.video_id not in done]
+    return todo, len(sources) - len(todo), spec
+
+
+def build_dataset(ray, cfg: CurateConfig, storage: Storage, todo: list, spec):
+    """The streaming Ray Data dataset of embedded chunk rows for the videos in `todo`."""
+    import ray.data
+
+    from operators.stages import DecodeStage, EmbedStage
+
+    use_clip = spec.kind == "clip"
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = False
+    ds = ray.data.from_items([s.to_row() for s in todo], override_num_blocks=min(len(todo), 10_000))
+    ds = ds.map_batches(
+        DecodeStage(
+            storage, cfg.fps, size=224 if not use_clip else _model_size(spec),
+            chunk_frames=cfg.chunk_frames, keep_pixels=use_clip,
+            max_frames=cfg.max_frames_per_video,
+        ),
+        batch_size=1,
+        batch_format="numpy",
+        num_cpus=1,
+    )
+    if use_clip:
+        res = _embed_resources(ray, cfg)
+        ds = ds.map_batches(
+            EmbedStage,
+            fn_constructor_kwargs={
+                "spec": spec, "batch_size": cfg.embed_batch_size, "num_threads": res["threads"],
+            },
+            batch_size=max(1, cfg.embed_batch_size // cfg.chunk_frames) or 1,
+            batch_format="numpy",
+            num_cpus=res["num_cpus"],
+            num_gpus=res["num_gpus"],
+            concurrency=res["concurrency"],
+        )
+    return ds
+
+
+def _model_size(spec) -> int:
+    import open_clip
+
+    cfg = open_clip.get_model_config(spec.model) or {}
+    size = cfg.get("vision_cfg", {}).get("image_size", 224)
+    return int(size[0] if isinstance(size, (list, tuple)) else size)
+
+
+def run(cfg: CurateConfig) -> dict:
+    """Run the curation job for a validated config; returns the run report (also written to
+    OUTPUT/report.json). Raises JobError / StorageError / WeightsError before any work when
+    the run cannot start."""
+    from operators.embed import create_embedder
+    from operators.finalize import FinalizeSettings, VideoAssembler, finalize_video
+
+    started = time.time()
+    storage = Storage(endpoint_url=cfg.s3_endpoint)
+    todo, skipped, spec = preflight(cfg, storage)
+    log.info("embedder: %s; %d video(s) to process, %d already done", spec.name, len(todo), skipped)
+    query = None
+    if cfg.query or cfg.query_image:
+        query = _query_vector(cfg, create_embedder(spec, device="cpu"))
+    settings = FinalizeSettings(
+        storage=storage, output=cfg.output, method=cfg.method, k=cfg.k, embedder=spec.name,
+        seed=cfg.seed, dedup_threshold=cfg.dedup_threshold, image_format=cfg.image_format,
+        image_quality=cfg.image_quality, max_side=cfg.max_side, query=query,
+    )
+    rows: list[dict] = []
+    if todo:
+        ray = _init_ray()
+        finalize = ray.remote(num_cpus=1, max_retries=2)(finalize_video)
+        settings_ref = ray.put(settings)
+        assembler = VideoAssembler()
+        inflight: list = []
+        last_log = time.time()
+
+        def drain(limit: int) -> None:
+            nonlocal last_log
+            while len(inflight) > limit:
+                ready, rest = ray.wait(inflight, num_returns=1)
+                inflight[:] = rest
+                row = ray.get(ready[0])
+                rows.append(row)
+                log.debug("%s %s %s", row["status"], row["video_id"], row["source_uri"])
+                if time.time() - last_log > 10 or len(rows) == len(todo):
+                    log.info("videos finished: %d / %d", len(rows), len(todo))
+                    last_log = time.time()
+
+        ds = build_dataset(ray, cfg, storage, todo, spec)
+        for chunk in ds.iter_rows():
+            payload = assembler.add(chunk)
+            if payload is not None:
+                inflight.append(finalize.remote(payload, settings_ref))
+                drain(cfg.max_inflight_videos)
+        drain(0)
+        if assembler.pending:
+            log.error("%d video(s) never received all their chunks", assembler.pending)
+    report = make_report(cfg, spec.name, rows, skipped, time.time() - started)
+    write_report(storage, cfg.output, report)
+    return report
+
+
+def make_report(cfg: CurateConfig, embedder: str, rows: list[dict], skipped: int, wall: float) -> dict:
+    """The run report: counts per status, frames, throughput and time per stage."""
+    status = Counter(r["status"] for r in rows)
+    done = [r for r in rows if r["status"] == "done"]
+    video_s = float(sum(r["duration_s"] or 0 for r in done))
+    stages = ("download_s", "decode_s", "features_s", "embed_s", "select_s", "write_s")
+    return {
+        "input": cfg.input,
+        "output": cfg.output,
+        "method": cfg.method,
+        "k": cfg.k,
+        "fps": cfg.fps,
+        "embedder": embedder,
+        "videos": {"done": status["done"], "failed": status["failed"], "skipped": skipped},
+        "frames_sampled": int(sum(r["frames_sampled"] for r in done)),
+        "frames_embedded": int(sum(r["frames_embedded"] for r in done)),
+        "frames_kept": int(sum(r["frames_selected"] for r in done)),
+        "video_seconds": round(video_s, 2),
+        "wall_seconds": round(wall, 2),
+        "video_seconds_per_wall_second": round(video_s / wall, 2) if wall > 0 else None,
+        "stage_seconds": {s: round(sum(float(r.get(s) or 0) for r in done), 3) for s in stages},
+        "failures": [{"source_uri": r["source_uri"], "error": r["error"]} for r in rows if r["status"] == "failed"],
+    }
+
+
+def summary(report: dict) -> str:
+    """A short human-readable summary of a run report."""
+    v = report["videos"]
+    lines = [
+        f"framesift: {v['done']} done, {v['failed']} failed, {v['skipped']} skipped "
+        f"(already done) -> {report['output']}",
+        f"  embedder {report['embedder']}, method {report['method']}, k={report['k']}: "
+        f"kept {report['frames_kept']} of {report['frames_sampled']} sampled frames",
+        f"  {report['video_seconds']} s of video in {report['wall_seconds']} s "
+        f"({report['video_seconds_per_wall_second']}x real time)",
+    ]
+    for f in report["failures"][:10]:
+        lines.append(f"  failed: {f['source_uri']}: {f['error']}")
+    if len(report["failures"]) > 10:
+        lines.append(f"  ... and {len(report['failures']) - 10} more failures (see videos/)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point; returns the process exit code (0 when at least one video is
+    done or everything was already done, 1 when none succeeded, 2 on bad usage)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from operators.embed import WeightsError
+
+    try:
+        cfg = config_from_args(argv)
+        report = run(cfg)
+    except ConfigError as exc:
+        print(f"framesift: error: {exc}", file=sys.stderr)
+        return 2
+    except (JobError, StorageError, WeightsError) as exc:
+        print(f"framesift: error: {exc}", file=sys.stderr)
+        return 1
+    print(summary(report))
+    v = report["videos"]
+    if v["done"] == 0 and v["skipped"] == 0:
+        print("framesift: error: no video could be processed", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

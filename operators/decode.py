@@ -1,0 +1,183 @@
+"""Probe and decode videos with decord: sample at a fixed rate, decode at the model's
+resolution inside the decoder, and hand frames out in bounded chunks.
+
+Frames for the model are decoded with the short side at `size` (aspect kept) and centre-
+cropped to `size x size`, which is what CLIP's own preprocessing (resize + centre crop)
+does, so no second resize happens downstream. Full-resolution frames are read only for the
+few frames a method selects (`read_frames`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+# decord must be imported before torch in the same process on some builds (it links its own
+# ffmpeg); importing it here, at the bottom of the stack, keeps that order.
+import decord
+
+decord.bridge.set_bridge("native")
+
+
+class DecodeError(RuntimeError):
+    """The file cannot be decoded as a video; the message is the reason recorded for it."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a probe learns about a video without decoding it."""
+
+    num_frames: int
+    fps: float
+    duration_s: float
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A bounded run of sampled frames of one video."""
+
+    frame_index: np.ndarray  # (n,) int64 index into the source's frames
+    timestamps: np.ndarray  # (n,) float64 seconds
+    frames: np.ndarray  # (n, size, size, 3) uint8 RGB
+
+
+@dataclass(frozen=True)
+class DecodedVideo:
+    """All sampled frames of a (short) video, for the service, tests and benchmarks."""
+
+    info: VideoInfo
+    frame_index: np.ndarray
+    timestamps: np.ndarray
+    frames: np.ndarray
+
+
+def _open(path: str, width: int = -1, height: int = -1, num_threads: int = 0):
+    if not os.path.exists(path):
+        raise DecodeError(f"file not found: {path}")
+    if os.path.getsize(path) == 0:
+        raise DecodeError("empty file (0 bytes)")
+    try:
+        return decord.VideoReader(path, width=width, height=height, num_threads=num_threads)
+    except Exception as exc:  # noqa: BLE001 - decord raises its own error types
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DecodeError(f"not a decodable video: {reason[:300]}") from exc
+
+
+def probe_video(path: str) -> VideoInfo:
+    """Open a local video file and return its frame count, fps, duration and size.
+
+    Raises DecodeError with a readable reason for empty, non-video or corrupt files.
+    """
+    vr = _open(path, num_threads=1)
+    n = len(vr)
+    fps = float(vr.get_avg_fps() or 0.0)
+    if n <= 0 or not np.isfinite(fps) or fps <= 0:
+        raise DecodeError(f"no decodable video frames (frames={n}, fps={fps})")
+    try:
+        h, w = vr[0].shape[:2]
+    except Exception as exc:  # noqa: BLE001
+        raise DecodeError(f"first frame cannot be decoded: {exc}") from exc
+    return VideoInfo(num_frames=n, fps=fps, duration_s=n / fps, width=int(w), height=int(h))
+
+
+def sample_indices(info: VideoInfo, fps: float, max_frames: int | None = None) -> np.ndarray:
+    """Indices of the source frames sampled at `fps` frames a second (at most one per source
+    frame), taking the frame nearest each sampling instant. With `max_frames`, the rate is
+    lowered so that no more than that many are taken. Returns int64 (n,)."""
+    if fps <= 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
+    step = max(1.0, info.fps / fps)
+    if max_frames is not None and info.num_frames / step > max_frames:
+        step = info.num_frames / max_frames
+    idx = np.floor(np.arange(0.0, info.num_frames, step) + 0.5).astype(np.int64)
+    idx = idx[idx < info.num_frames]
+    return np.unique(idx)
+
+
+def model_geometry(info: VideoInfo, size: int) -> tuple[int, int]:
+    """(width, height) to decode at so that the short side is `size`, aspect kept, even."""
+    scale = size / min(info.width, info.height)
+    w = max(size, int(round(info.width * scale / 2)) * 2)
+    h = max(size, int(round(info.height * scale / 2)) * 2)
+    return w, h
+
+
+def center_crop(frames: np.ndarray, size: int) -> np.ndarray:
+    """Centre-crop (n, H, W, 3) frames to (n, size, size, 3) (a view, no copy)."""
+    h, w = frames.shape[1:3]
+    top, left = (h - size) // 2, (w - size) // 2
+    return frames[:, top : top + size, left : left + size]
+
+
+def _get_batch(vr, idx: np.ndarray) -> np.ndarray:
+    try:
+        return vr.get_batch(idx.tolist()).asnumpy()
+    except Exception as exc:  # noqa: BLE001
+        raise DecodeError(f"decoding failed near frame {int(idx[0])}: {exc}") from exc
+
+
+def iter_chunks(
+    path: str,
+    fps: float,
+    size: int = 224,
+    chunk_frames: int = 64,
+    *,
+    info: VideoInfo | None = None,
+    max_frames: int | None = None,
+    num_threads: int = 1,
+) -> Iterator[Chunk]:
+    """Decode the frames sampled at `fps`, `chunk_frames` at a time, at `size x size`.
+
+    Memory is bounded by one chunk whatever the video's length. Raises DecodeError when the
+    file cannot be opened or a chunk cannot be decoded (a truncated file, for example).
+    """
+    info = info or probe_video(path)
+    idx = sample_indices(info, fps, max_frames)
+    w, h = model_geometry(info, size)
+    vr = _open(path, width=w, height=h, num_threads=num_threads)
+    for start in range(0, len(idx), chunk_frames):
+        part = idx[start : start + chunk_frames]
+        frames = np.ascontiguousarray(center_crop(_get_batch(vr, part), size))
+        yield Chunk(part, part.astype(np.float64) / info.fps, frames)
+
+
+def decode_video(
+    path: str, fps: float, size: int = 224, *, max_frames: int | None = None
+) -> DecodedVideo:
+    """Decode all frames sampled at `fps` of a local video into memory (short videos only:
+    the batch job uses `iter_chunks`). Returns a DecodedVideo."""
+    info = probe_video(path)
+    chunks = list(iter_chunks(path, fps, size, chunk_frames=256, info=info, max_frames=max_frames))
+    if not chunks:
+        empty = np.zeros((0, size, size, 3), np.uint8)
+        return DecodedVideo(info, np.zeros(0, np.int64), np.zeros(0), empty)
+    return DecodedVideo(
+        info,
+        np.concatenate([c.frame_index for c in chunks]),
+        np.concatenate([c.timestamps for c in chunks]),
+        np.concatenate([c.frames for c in chunks]),
+    )
+
+
+def read_frames(path: str, frame_index: np.ndarray, max_side: int | None = None) -> np.ndarray:
+    """Read the given source frames at full resolution, or scaled so that the long side is
+    at most `max_side`. Returns uint8 (m, H, W, 3) RGB in the order given."""
+    if len(frame_index) == 0:
+        return np.zeros((0, 0, 0, 3), np.uint8)
+    info = probe_video(path)
+    w, h = -1, -1
+    if max_side and max(info.width, info.height) > max_side:
+        scale = max_side / max(info.width, info.height)
+        w = int(round(info.width * scale / 2)) * 2
+        h = int(round(info.height * scale / 2)) * 2
+    vr = _open(path, width=w, height=h, num_threads=1)
+    order = np.argsort(frame_index)
+    frames = _get_batch(vr, np.asarray(frame_index)[order])
+    out = np.empty_like(frames)
+    out[order] = frames
+    return out

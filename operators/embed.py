@@ -1,0 +1,298 @@
+"""Frame and text embedders: open_clip image/text towers, and the training-free features.
+
+Weights are resolved once, up front (`resolve_embedder`), so that a job or a service fails
+before it reads any video when the weights it was asked for cannot be had:
+
+- `--weights PATH` (or the FRAMESIFT_CLIP_WEIGHTS environment variable): a local
+  checkpoint file (.safetensors / .bin / .pt state_dict) or a directory holding one, for
+  air-gapped clusters;
+- otherwise open_clip's own `pretrained` tag, taken from the local Hugging Face cache or
+  downloaded by open_clip when the hub is reachable;
+- `pretrained="random"`: random initialisation, only for tests and speed benchmarks (it is
+  recorded as such in every output).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+from urllib.parse import urlparse
+
+import numpy as np
+
+from operators.features import FEATURE_DIM, FEATURES_VERSION, frame_features
+
+log = logging.getLogger("framesift.embed")
+
+WEIGHTS_ENV = "FRAMESIFT_CLIP_WEIGHTS"
+RANDOM_TAGS = frozenset({"random", "none"})
+_CHECKPOINT_NAMES = (
+    "open_clip_model.safetensors",
+    "open_clip_pytorch_model.bin",
+    "model.safetensors",
+    "pytorch_model.bin",
+)
+
+
+class WeightsError(RuntimeError):
+    """CLIP weights could not be found or loaded; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class EmbedderSpec:
+    """Which embedder to build: `kind` is "clip" or "features". For CLIP, `checkpoint` is a
+    resolved local file (None for random weights)."""
+
+    kind: Literal["clip", "features"]
+    model: str = "ViT-B-32"
+    pretrained: str | None = None
+    checkpoint: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The embedder's name as recorded in outputs, e.g. 'clip:ViT-B-32/laion2b_s34b_b79k'."""
+        if self.kind == "features":
+            return FEATURES_VERSION
+        if self.checkpoint and not self.pretrained:
+            return f"clip:{self.model}/file:{Path(self.checkpoint).name}"
+        return f"clip:{self.model}/{self.pretrained or 'random'}"
+
+
+class Embedder(Protocol):
+    """What the pipeline needs from an embedder."""
+
+    name: str
+    dim: int
+    image_size: int
+
+    def encode_frames(self, frames: np.ndarray) -> np.ndarray: ...
+
+    def encode_text(self, texts: list[str]) -> np.ndarray: ...
+
+
+def _checkpoint_in(path: str) -> str:
+    p = Path(path).expanduser()
+    if p.is_file():
+        return str(p)
+    if p.is_dir():
+        for name in _CHECKPOINT_NAMES:
+            if (p / name).is_file():
+                return str(p / name)
+        found = sorted(
+            [*p.glob("*.safetensors"), *p.glob("*.bin"), *p.glob("*.pt"), *p.glob("*.pth")],
+            key=lambda x: x.suffix != ".safetensors",
+        )
+        if found:
+            return str(found[0])
+        raise WeightsError(f"no checkpoint (.safetensors/.bin/.pt) in directory {path!r}")
+    raise WeightsError(f"weights path {path!r} does not exist")
+
+
+def _hub_reachable(url: str, timeout: float = 3.0) -> bool:
+    host = urlparse(url).hostname or url
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _hf_cached(repo_id: str, filename: str | None) -> str | None:
+    from huggingface_hub import hf_hub_download
+
+    names = [filename] if filename else []
+    names += [n for n in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin") if n not in names]
+    if filename and filename.endswith(".bin"):
+        names.insert(0, filename[:-4] + ".safetensors")
+    for name in names:
+        try:
+            return hf_hub_download(repo_id=repo_id, filename=name, local_files_only=True)
+        except Exception:  # noqa: BLE001 - not in the cache under this name
+            continue
+    return None
+
+
+def resolve_checkpoint(model: str, pretrained: str | None, weights: str | None) -> str | None:
+    """Find the local checkpoint file for a model: `weights` (file or directory), else the
+    FRAMESIFT_CLIP_WEIGHTS variable, else open_clip's `pretrained` tag (local cache first,
+    then a download when the hub answers). Returns None for random weights.
+
+    Raises WeightsError naming the model and tag and how to point at a local file.
+    """
+    import open_clip
+
+    if model not in open_clip.list_models():
+        raise WeightsError(f"unknown open_clip model {model!r}; see open_clip.list_models()")
+    weights = weights or os.environ.get(WEIGHTS_ENV)
+    if weights:
+        return _checkpoint_in(weights)
+    if pretrained is None or pretrained.lower() in RANDOM_TAGS:
+        return None
+    hint = (
+        f"Download the checkpoint on a machine with internet access and pass it with "
+        f"--weights PATH (or set {WEIGHTS_ENV}=PATH)."
+    )
+    cfg = open_clip.get_pretrained_cfg(model, pretrained)
+    if not cfg:
+        tags = ", ".join(open_clip.list_pretrained_tags_by_model(model)) or "none"
+        raise WeightsError(f"open_clip has no pretrained tag {pretrained!r} for {model!r} (tags: {tags})")
+    hub = cfg.get("hf_hub", "")
+    if hub:
+        # open_clip's convention: "org/repo/filename", or "org/repo/" for the default file
+        repo_id, filename = os.path.split(hub)
+        repo_id, filename = (repo_id, filename or None)
+        cached = _hf_cached(repo_id, filename)
+        if cached:
+            return cached
+        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+        if os.environ.get("HF_HUB_OFFLINE") in ("1", "true") or not _hub_reachable(endpoint):
+            raise WeightsError(
+                f"cannot load CLIP weights {model}/{pretrained}: not in the local Hugging Face "
+                f"cache and {endpoint} is unreachable. {hint}"
+            )
+    try:
+        target = open_clip.download_pretrained(cfg)
+    except Exception as exc:  # noqa: BLE001
+        raise WeightsError(f"cannot download CLIP weights {model}/{pretrained}: {exc}. {hint}") from exc
+    if not target:
+        raise WeightsError(f"cannot download CLIP weights {model}/{pretrained}. {hint}")
+    return target
+
+
+def resolve_embedder(
+    requested: Literal["auto", "clip", "features"],
+    model: str = "ViT-B-32",
+    pretrained: str | None = "laion2b_s34b_b79k",
+    weights: str | None = None,
+    *,
+    validate: bool = True,
+) -> EmbedderSpec:
+    """Decide which embedder a run uses, before any video is read.
+
+    "clip" resolves (and with `validate`, test-loads) the weights and raises WeightsError if
+    they cannot be had; "auto" does the same but falls back to the training-free features
+    with a loud warning; "features" needs nothing. Returns the EmbedderSpec to build.
+    """
+    if requested == "features":
+        return EmbedderSpec("features")
+    if requested not in ("clip", "auto"):
+        raise ValueError(f"unknown embedder {requested!r}; choose auto, clip or features")
+    try:
+        checkpoint = resolve_checkpoint(model, pretrained, weights)
+        tag = None if weights or os.environ.get(WEIGHTS_ENV) else pretrained
+        if tag and tag.lower() in RANDOM_TAGS:
+            tag = "random"
+        spec = EmbedderSpec("clip", model, tag, checkpoint)
+        if validate:
+            ClipEmbedder(spec, device="cpu")  # a bad or mismatched file fails here, not later
+        return spec
+    except WeightsError:
+        if requested == "clip":
+            raise
+        log.warning(
+            "\n%s\n  CLIP weights for %s/%s are not available: using the training-free "
+            "'features' embedder instead.\n  Pass --weights PATH for CLIP, or --embedder "
+            "features to silence this.\n%s",
+            "!" * 78, model, pretrained, "!" * 78,
+        )
+        return EmbedderSpec("features")
+    except Exception as exc:  # noqa: BLE001 - a corrupt or mismatched checkpoint file
+        if requested == "clip":
+            raise WeightsError(f"cannot load CLIP weights for {model}: {exc}") from exc
+        log.warning("CLIP weights for %s failed to load (%s): using 'features'", model, exc)
+        return EmbedderSpec("features")
+
+
+class FeatureEmbedder:
+    """The training-free features as an embedder (no model, no weights, deterministic)."""
+
+    name = FEATURES_VERSION
+    dim = FEATURE_DIM
+    image_size = 224
+
+    def encode_frames(self, frames: np.ndarray) -> np.ndarray:
+        """uint8 (n, H, W, 3) -> float32 (n, FEATURE_DIM), L2-normalised."""
+        return frame_features(frames)
+
+    def encode_text(self, texts: list[str]) -> np.ndarray:
+        """Text queries need a CLIP text tower; always raises ValueError here."""
+        raise ValueError("text queries need the CLIP embedder; use a query image with 'features'")
+
+
+class ClipEmbedder:
+    """open_clip image and text towers, batched, in inference mode.
+
+    Frames come in already at the model's size (decode does resize + centre crop), so only
+    scaling and normalisation happen here, on the device. fp16 on CUDA, fp32 on CPU.
+    """
+
+    def __init__(
+        self,
+        spec: EmbedderSpec,
+        device: str | None = None,
+        batch_size: int = 32,
+        num_threads: int | None = None,
+    ) -> None:
+        import open_clip
+        import torch
+
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
+        self.batch_size = batch_size
+        self.name = spec.name
+        model = open_clip.create_model(spec.model, pretrained=spec.checkpoint, device="cpu")
+        model = model.eval().to(device=self.device, dtype=self.dtype)
+        if self.device.startswith("cuda"):
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.tokenizer = open_clip.get_tokenizer(spec.model)
+        pre = open_clip.get_model_preprocess_cfg(model)
+        size = pre.get("size", 224)
+        self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        mean = torch.tensor(pre.get("mean", open_clip.OPENAI_DATASET_MEAN), dtype=torch.float32)
+        std = torch.tensor(pre.get("std", open_clip.OPENAI_DATASET_STD), dtype=torch.float32)
+        # fold /255 and normalisation into one multiply-add
+        self._scale = (1.0 / (255.0 * std)).view(1, 3, 1, 1).to(self.device)
+        self._shift = (-mean / std).view(1, 3, 1, 1).to(self.device)
+        with torch.inference_mode():
+            self.dim = int(model.encode_text(self.tokenizer(["x"]).to(self.device)).shape[-1])
+
+    def encode_frames(self, frames: np.ndarray) -> np.ndarray:
+        """uint8 (n, S, S, 3) frames at the model's image size -> float32 (n, D), L2-normalised."""
+        import torch
+
+        if frames.ndim != 4 or frames.shape[1:] != (self.image_size, self.image_size, 3):
+            raise ValueError(
+                f"expected (n, {self.image_size}, {self.image_size}, 3) frames, got {frames.shape}"
+            )
+        out = np.empty((len(frames), self.dim), np.float32)
+        with torch.inference_mode():
+            for s in range(0, len(frames), self.batch_size):
+                x = torch.from_numpy(frames[s : s + self.batch_size]).to(self.device)
+                x = x.permute(0, 3, 1, 2).float() * self._scale + self._shift
+                x = x.to(self.dtype).contiguous(memory_format=torch.channels_last)
+                e = self.model.encode_image(x).float()
+                out[s : s + len(x)] = torch.nn.functional.normalize(e, dim=-1).cpu().numpy()
+        return out
+
+    def encode_text(self, texts: list[str]) -> np.ndarray:
+        """Texts -> float32 (m, D), L2-normalised, in the image embeddings' space."""
+        import torch
+
+        with torch.inference_mode():
+            tokens = self.tokenizer(list(texts)).to(self.device)
+            e = self.model.encode_text(tokens).float()
+            return torch.nn.functional.normalize(e, dim=-1).cpu().numpy()
+
+
+def create_embedder(spec: EmbedderSpec, **kwargs) -> Embedder:
+    """Build the embedder an EmbedderSpec names (kwargs go to ClipEmbedder)."""
+    if spec.kind == "features":
+        return FeatureEmbedder()
+    return ClipEmbedder(spec, **kwargs)

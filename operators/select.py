@@ -1,0 +1,435 @@
+"""Frame selection methods: pure functions over NumPy arrays (and faiss), no Ray.
+
+Every method has the signature ``f(frames: VideoFrames, k: int, *, seed: int = 0,
+**params) -> Selection`` and reads like a PySceneDetect detector: one function whose
+docstring names the paper it follows and its defaults. ``select_frames`` dispatches by
+name, handles ``k == "auto"`` (adaptive budget), ``k > n``, empty videos and
+near-duplicate suppression, so the methods themselves only see ``1 <= k <= n``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import faiss
+import numpy as np
+
+_EPS = 1e-8
+
+
+@dataclass(frozen=True)
+class VideoFrames:
+    """The sampled frames of one video, as the selection methods see them.
+
+    embeddings: (n, D) float32, L2-normalised rows; timestamps: (n,) float64 seconds
+    ascending; shot_ids: (n,) int64 from ``segment.shot_ids_from_starts``; features:
+    (n, Df) float32 training-free features (shots, dedup); query: (D,) float32
+    L2-normalised query embedding (text or image) for the query-guided methods.
+    """
+
+    embeddings: np.ndarray
+    timestamps: np.ndarray
+    shot_ids: np.ndarray | None = None
+    features: np.ndarray | None = None
+    query: np.ndarray | None = None
+
+    @property
+    def n(self) -> int:
+        """Number of frames."""
+        return len(self.embeddings)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The frames a method kept.
+
+    indices: (m,) int64 ascending, unique, m <= k; scores: (m,) float32 per-frame score
+    meaningful to the method (higher = more important); cluster_ids: (m,) int64 group of
+    each frame (-1 when the method has none); k: the budget actually used (the chosen k
+    when k == "auto"); clips: (c, 2) int64 inclusive [start, end] frame ranges for clip
+    methods, else None.
+    """
+
+    indices: np.ndarray
+    scores: np.ndarray
+    cluster_ids: np.ndarray
+    k: int
+    clips: np.ndarray | None = None
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows of ``x`` as float32 with unit L2 norm (zero rows stay zero)."""
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(norms, _EPS)
+
+
+def _selection(
+    indices: np.ndarray | list[int],
+    scores: np.ndarray | list[float],
+    cluster_ids: np.ndarray | list[int] | None,
+    k: int,
+    clips: np.ndarray | None = None,
+) -> Selection:
+    """Build a Selection with indices sorted ascending and the other arrays aligned."""
+    idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+    sc = np.asarray(scores, dtype=np.float32).reshape(-1)
+    cid = (
+        np.full(idx.shape, -1, dtype=np.int64)
+        if cluster_ids is None
+        else np.asarray(cluster_ids, dtype=np.int64).reshape(-1)
+    )
+    order = np.argsort(idx, kind="stable")
+    return Selection(idx[order], sc[order], cid[order], int(k), clips)
+
+
+def _empty(k: int = 0) -> Selection:
+    """A Selection holding no frame."""
+    return _selection([], [], [], k)
+
+
+def _coverage_shares(emb: np.ndarray, picked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest picked frame (position in ``picked``) for every frame, and each pick's share."""
+    sims = emb @ emb[picked].T
+    owner = np.argmax(sims, axis=1)
+    shares = np.bincount(owner, minlength=len(picked)) / max(len(emb), 1)
+    return owner, shares
+
+
+def coverage(embeddings: np.ndarray, indices: np.ndarray) -> float:
+    """How well a selection represents the whole video.
+
+    Takes ``embeddings`` (n, D) with unit rows and selected ``indices``; returns the mean
+    over all n frames of the best cosine similarity to a selected frame (0.0 when nothing
+    is selected or n == 0).
+    """
+    emb = _unit_rows(embeddings)
+    idx = np.asarray(indices, dtype=np.int64)
+    if len(emb) == 0 or idx.size == 0:
+        return 0.0
+    return float(np.mean(np.max(emb @ emb[idx].T, axis=1)))
+
+
+def shot_recall(shot_ids: np.ndarray, indices: np.ndarray) -> float:
+    """Share of shots that hold at least one selected frame.
+
+    Takes ``shot_ids`` (n,) per frame and selected ``indices``; returns a float in [0, 1]
+    (1.0 when there is no frame at all).
+    """
+    ids = np.asarray(shot_ids, dtype=np.int64)
+    if ids.size == 0:
+        return 1.0
+    idx = np.asarray(indices, dtype=np.int64)
+    return float(np.unique(ids[idx]).size / np.unique(ids).size)
+
+
+def _greedy_kcenter(emb: np.ndarray, k: int, first: int) -> tuple[list[int], list[float]]:
+    """Greedy farthest-point picks starting at ``first``; returns picks and their gains.
+
+    The gain of a pick is its cosine distance to the frames picked before it (2.0 for
+    the first).
+    """
+    picks = [first]
+    gains = [2.0]
+    best = emb @ emb[first]
+    for _ in range(k - 1):
+        dist = 1.0 - best
+        dist[picks] = -np.inf
+        nxt = int(np.argmax(dist))
+        if not np.isfinite(dist[nxt]):
+            break
+        picks.append(nxt)
+        gains.append(float(dist[nxt]))
+        best = np.maximum(best, emb @ emb[nxt])
+    return picks, gains
+
+
+# --------------------------------------------------------------------------- methods
+
+
+def select_uniform(frames: VideoFrames, k: int, *, seed: int = 0) -> Selection:
+    """Uniform sampling: the baseline of every frame-selection paper.
+
+    Splits the timeline into ``k`` equal segments and keeps the frame nearest the centre
+    of each (frame positions used instead when timestamps collide). No parameters.
+    Scores are 1.0; cluster_ids are the segment index.
+    """
+    ts = np.asarray(frames.timestamps, dtype=np.float64)
+    n = frames.n
+    t0, t1 = float(ts[0]), float(ts[-1])
+    centres = t0 + (np.arange(k) + 0.5) * (t1 - t0) / k
+    pos = np.clip(np.searchsorted(ts, centres), 1, n - 1) if n > 1 else np.zeros(k, int)
+    if n > 1:
+        left_closer = (centres - ts[pos - 1]) <= (ts[pos] - centres)
+        pos = np.where(left_closer, pos - 1, pos)
+    if np.unique(pos).size < k:
+        pos = np.floor((np.arange(k) + 0.5) * n / k).astype(np.int64)
+    return _selection(pos, np.ones(k), np.arange(k), k)
+
+
+def _kmeanspp(emb: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Greedy k-means++ seeding: (k, D) initial centroids.
+
+    Each step draws ``2 + log k`` candidates with squared-distance weights and keeps the
+    one that lowers the potential most (Arthur & Vassilvitskii 2007; sklearn's variant).
+    """
+    trials = 2 + int(np.log(k))
+    picks = [int(rng.integers(len(emb)))]
+    d2 = np.sum((emb - emb[picks[0]]) ** 2, axis=1)
+    for _ in range(k - 1):
+        total = float(d2.sum())
+        if total <= 0:
+            rest = np.setdiff1d(np.arange(len(emb)), picks)
+            picks.append(int(rest[0]))
+            continue
+        cands = rng.choice(len(emb), size=trials, p=d2 / total)
+        new_d2 = [np.minimum(d2, np.sum((emb - emb[c]) ** 2, axis=1)) for c in cands]
+        best = int(np.argmin([float(x.sum()) for x in new_d2]))
+        picks.append(int(cands[best]))
+        d2 = new_d2[best]
+    return np.ascontiguousarray(emb[picks])
+
+
+def select_kmeans(
+    frames: VideoFrames, k: int, *, seed: int = 0, niter: int = 20, n_init: int = 4
+) -> Selection:
+    """Cluster representatives (k-means), as in KTV (Wang et al. 2023, training-free video LLM).
+
+    Runs faiss k-means (``niter`` = 20 iterations) on the embeddings from ``n_init`` = 4
+    greedy k-means++ seedings drawn from ``seed``, keeps the run with the lowest
+    objective, and keeps, for each centroid, the frame nearest to it (the next nearest
+    unused frame if two centroids share one). Scores: the share of frames in the
+    frame's cluster; cluster_ids: the cluster.
+    """
+    emb = _unit_rows(frames.embeddings)
+    rng = np.random.default_rng(seed)
+    km = None
+    for _ in range(max(1, n_init)):
+        run = faiss.Kmeans(
+            emb.shape[1], k, niter=niter, seed=int(seed), verbose=False,
+            min_points_per_centroid=1, max_points_per_centroid=1_000_000,
+        )
+        run.train(emb, init_centroids=_kmeanspp(emb, k, rng))
+        if km is None or run.obj[-1] < km.obj[-1]:
+            km = run
+    centroids = _unit_rows(km.centroids)
+    _, assign = km.index.search(emb, 1)
+    assign = assign[:, 0]
+    sizes = np.bincount(assign, minlength=k) / len(emb)
+    sims = emb @ centroids.T
+    taken: set[int] = set()
+    picks, scores, ids = [], [], []
+    for c in np.argsort(-sizes, kind="stable"):
+        for i in np.argsort(-sims[:, c], kind="stable"):
+            if int(i) not in taken:
+                taken.add(int(i))
+                picks.append(int(i))
+                scores.append(float(sizes[c]))
+                ids.append(int(c))
+                break
+    return _selection(picks, scores, ids, k)
+
+
+def select_kcenter(frames: VideoFrames, k: int, *, seed: int = 0) -> Selection:
+    """Greedy k-center (farthest-point sampling; Gonzalez 1985, a 2-approximation).
+
+    Starts from the frame nearest the mean embedding, then repeatedly adds the frame
+    farthest (cosine distance) from everything kept. No parameters. Scores: the share
+    of frames whose nearest kept frame it is; cluster_ids: -1.
+    """
+    emb = _unit_rows(frames.embeddings)
+    first = int(np.argmax(emb @ _unit_rows(emb.mean(axis=0))))
+    picks, _ = _greedy_kcenter(emb, k, first)
+    _, shares = _coverage_shares(emb, np.asarray(picks))
+    return _selection(picks, shares, None, k)
+
+
+def _allocate(lengths: np.ndarray, k: int) -> np.ndarray:
+    """Split ``k`` over groups in proportion to ``lengths``: >= 1 each, <= length each.
+
+    Assumes ``len(lengths) <= k <= lengths.sum()``; largest remainders get the extras.
+    """
+    alloc = np.ones(len(lengths), dtype=np.int64)
+    while alloc.sum() < k:
+        share = lengths / lengths.sum() * k
+        room = alloc < lengths
+        need = np.where(room, share - alloc, -np.inf)
+        alloc[int(np.argmax(need))] += 1
+    return alloc
+
+
+def _pick_shots(emb: np.ndarray, ids: np.ndarray, shots: np.ndarray, k: int) -> np.ndarray:
+    """Choose ``k`` of the shots: longest first, then the most distinct weighted by length.
+
+    Distinctiveness is the cosine distance of a shot's mean embedding to the chosen shots'
+    means; it is weighted by sqrt(length share) so one-frame flashes rarely win.
+    """
+    means = _unit_rows(np.stack([emb[ids == s].mean(axis=0) for s in shots]))
+    lengths = np.array([(ids == s).sum() for s in shots], dtype=np.float64)
+    weight = np.sqrt(lengths / lengths.sum())
+    chosen = [int(np.argmax(lengths))]
+    best = means @ means[chosen[0]]
+    while len(chosen) < k:
+        gain = (1.0 - best + 1e-3) * weight
+        gain[chosen] = -np.inf
+        nxt = int(np.argmax(gain))
+        chosen.append(nxt)
+        best = np.maximum(best, means @ means[nxt])
+    return shots[np.sort(np.asarray(chosen))]
+
+
+def select_shots(frames: VideoFrames, k: int, *, seed: int = 0) -> Selection:
+    """Shot-aware selection: every shot gets a frame (shot-based keyframes, Zhuang et al. 1998).
+
+    Needs ``frames.shot_ids`` (from ``segment.detect_shots``). When k >= the number of
+    shots, spreads k over the shots in proportion to their length, at least one each;
+    inside a shot keeps the frame nearest the shot's mean embedding, then farthest-point
+    picks. When k < shots, keeps the longest shot and then the most distinct ones. No
+    parameters. Scores: cosine similarity to the shot's mean; cluster_ids: shot id.
+    """
+    if frames.shot_ids is None:
+        raise ValueError("method 'shots' needs frames.shot_ids (run segment.detect_shots)")
+    emb = _unit_rows(frames.embeddings)
+    ids = np.asarray(frames.shot_ids, dtype=np.int64)
+    shots = np.unique(ids)
+    if k < len(shots):
+        shots = _pick_shots(emb, ids, shots, k)
+    lengths = np.array([(ids == s).sum() for s in shots], dtype=np.float64)
+    alloc = _allocate(lengths, k)
+    picks, scores, groups = [], [], []
+    for s, m in zip(shots, alloc):
+        members = np.flatnonzero(ids == s)
+        sub = emb[members]
+        mean = _unit_rows(sub.mean(axis=0))
+        local, _ = _greedy_kcenter(sub, int(m), int(np.argmax(sub @ mean)))
+        picks += [int(members[j]) for j in local]
+        scores += [float(sub[j] @ mean) for j in local]
+        groups += [int(s)] * len(local)
+    return _selection(picks, scores, groups, k)
+
+
+# --------------------------------------------------------------------------- dispatch
+
+METHODS: dict[str, Callable[..., Selection]] = {
+    "uniform": select_uniform,
+    "kmeans": select_kmeans,
+    "kcenter": select_kcenter,
+    "shots": select_shots,
+}
+
+
+def method_names() -> list[str]:
+    """Names accepted by ``select_frames``, sorted."""
+    return sorted(METHODS)
+
+
+def _check_k(k: int | str) -> None:
+    """Raise ValueError unless ``k`` is an int >= 1 or the string "auto"."""
+    if isinstance(k, str):
+        if k != "auto":
+            raise ValueError(f"k must be a positive integer or 'auto', got {k!r}")
+        return
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be a positive integer or 'auto', got {k!r}")
+
+
+def dedup(
+    frames: VideoFrames, selection: Selection, threshold: float
+) -> Selection:
+    """Near-duplicate suppression inside one video.
+
+    Walks the selected frames in time order and drops any whose cosine similarity to an
+    earlier kept one exceeds ``threshold``. Compares ``frames.features`` when present
+    (training-free, close to pixels), else the embeddings. Returns a Selection with the
+    same k and clips and the surviving indices, scores and cluster_ids.
+    """
+    vecs = frames.features if frames.features is not None else frames.embeddings
+    vecs = _unit_rows(vecs)
+    keep: list[int] = []
+    for pos, i in enumerate(selection.indices):
+        if all(float(vecs[i] @ vecs[selection.indices[j]]) <= threshold for j in keep):
+            keep.append(pos)
+    keep_arr = np.asarray(keep, dtype=np.int64)
+    return replace(
+        selection,
+        indices=selection.indices[keep_arr],
+        scores=selection.scores[keep_arr],
+        cluster_ids=selection.cluster_ids[keep_arr],
+    )
+
+
+def _auto_k(
+    fn: Callable[..., Selection],
+    frames: VideoFrames,
+    seed: int,
+    params: dict,
+    target: float,
+    k_min: int,
+    k_max: int,
+) -> Selection:
+    """Smallest k in [k_min, k_max] whose selection reaches ``target`` coverage.
+
+    Binary search, which is exact when coverage grows with k (the greedy methods) and a
+    close approximation otherwise. Returns the Selection made with the chosen k.
+    """
+    n = frames.n
+    lo, hi = max(1, min(k_min, n)), max(1, min(k_max, n))
+    lo = min(lo, hi)
+    cache: dict[int, Selection] = {}
+
+    def run(k: int) -> Selection:
+        if k not in cache:
+            cache[k] = fn(frames, k, seed=seed, **params)
+        return cache[k]
+
+    if coverage(frames.embeddings, run(hi).indices) < target:
+        return run(hi)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if coverage(frames.embeddings, run(mid).indices) >= target:
+            hi = mid
+        else:
+            lo = mid + 1
+    return run(lo)
+
+
+def select_frames(
+    method: str,
+    frames: VideoFrames,
+    k: int | str,
+    *,
+    seed: int = 0,
+    dedup_threshold: float | None = None,
+    **params,
+) -> Selection:
+    """Select up to ``k`` frames of one video with the named method.
+
+    Takes a method name (see ``method_names()``), the video's ``frames``, a budget ``k``
+    (int >= 1, or "auto" for the adaptive budget: the smallest k whose selection reaches
+    ``coverage_target`` (default 0.9) mean best cosine similarity, bounded by ``k_min``
+    (default 1) and ``k_max`` (default 32)), a ``seed`` for the randomised methods, an
+    optional ``dedup_threshold`` for near-duplicate suppression, and method parameters.
+    Returns a Selection. ``k > n`` keeps all n frames (k reported as n); n == 0 gives an
+    empty Selection. Raises ValueError on an unknown method or a bad k.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(method_names())}")
+    _check_k(k)
+    fn = METHODS[method]
+    target = float(params.pop("coverage_target", 0.9))
+    k_min = int(params.pop("k_min", 1))
+    k_max = int(params.pop("k_max", 32))
+    n = frames.n
+    if n == 0:
+        return _empty(0)
+    if k == "auto":
+        sel = _auto_k(fn, frames, seed, params, target, k_min, k_max)
+    else:
+        sel = fn(frames, min(int(k), n), seed=seed, **params)
+    if dedup_threshold is not None:
+        sel = dedup(frames, sel, float(dedup_threshold))
+    return sel

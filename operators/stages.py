@@ -1,0 +1,177 @@
+"""Ray Data operators: one public callable per stage, thin wrappers over the pure core.
+
+    video rows --DecodeStage--> chunk rows --EmbedStage--> chunk rows with embeddings
+
+A chunk row is one bounded run of sampled frames of one video (never a whole video), so
+memory does not grow with a video's length. Every chunk row carries the same columns, and
+a video that cannot be read becomes a single row with status "failed" and its reason, so
+the job records it and goes on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import numpy as np
+
+from operators.decode import DecodeError, iter_chunks, probe_video, sample_indices
+from operators.features import FEATURE_DIM, frame_features
+from operators.storage import Storage, local_copy
+
+STATUS_OK, STATUS_FAILED = "ok", "failed"
+
+
+def _scalar_batch(values: dict) -> dict[str, np.ndarray]:
+    """A one-row batch: every value wrapped into a length-1 array (object for strings)."""
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, np.ndarray):
+            out[key] = value[None]
+        elif isinstance(value, str) or value is None:
+            out[key] = np.array(["" if value is None else value], dtype=object)
+        else:
+            out[key] = np.array([value])
+    return out
+
+
+class DecodeStage:
+    """Video row -> chunk rows: download (object storage), probe, decode at `size` sampling
+    `fps`, compute training-free features, and emit one row per `chunk_frames` frames.
+
+    With `keep_pixels` the rows carry the frames for the model; without it (the features
+    embedder) only the features travel on. Unreadable videos yield one failed row.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        fps: float,
+        size: int = 224,
+        chunk_frames: int = 64,
+        keep_pixels: bool = True,
+        max_frames: int | None = None,
+        decode_threads: int = 1,
+    ) -> None:
+        self.storage = storage
+        self.fps = fps
+        self.size = size
+        self.chunk_frames = chunk_frames
+        self.keep_pixels = keep_pixels
+        self.max_frames = max_frames
+        self.decode_threads = decode_threads
+
+    def _row(self, src: dict, **values) -> dict[str, np.ndarray]:
+        base = {
+            "video_id": src["video_id"],
+            "source_uri": src["source_uri"],
+            "size_bytes": int(src.get("size") or 0),
+            "status": STATUS_OK,
+            "error": "",
+            "chunk_index": 0,
+            "n_chunks": 0,
+            "duration_s": 0.0,
+            "fps": 0.0,
+            "width": 0,
+            "height": 0,
+            "download_s": 0.0,
+            "decode_s": 0.0,
+            "features_s": 0.0,
+            "frame_index": np.zeros(0, np.int64),
+            "timestamps": np.zeros(0, np.float64),
+            "features": np.zeros((0, FEATURE_DIM), np.float32),
+        }
+        if self.keep_pixels:
+            base["frames"] = np.zeros((0, self.size, self.size, 3), np.uint8)
+        base.update(values)
+        return _scalar_batch(base)
+
+    def _chunks(self, src: dict) -> Iterator[dict[str, np.ndarray]]:
+        if isinstance(src.get("error"), str) and src["error"]:
+            yield self._row(src, status=STATUS_FAILED, error=src["error"])
+            return
+        t0 = time.perf_counter()
+        try:
+            with local_copy(self.storage, src["source_uri"]) as path:
+                t1 = time.perf_counter()
+                info = probe_video(path)
+                n = len(sample_indices(info, self.fps, self.max_frames))
+                n_chunks = max(1, -(-n // self.chunk_frames))
+                meta = dict(
+                    duration_s=info.duration_s, fps=info.fps, width=info.width,
+                    height=info.height, n_chunks=n_chunks, download_s=t1 - t0,
+                )
+                chunks = iter_chunks(
+                    path, self.fps, self.size, self.chunk_frames, info=info,
+                    max_frames=self.max_frames, num_threads=self.decode_threads,
+                )
+                i = 0
+                while True:
+                    t2 = time.perf_counter()
+                    chunk = next(chunks, None)
+                    if chunk is None:
+                        break
+                    t3 = time.perf_counter()
+                    feats = frame_features(chunk.frames)
+                    t4 = time.perf_counter()
+                    values = dict(
+                        meta, chunk_index=i, frame_index=chunk.frame_index,
+                        timestamps=chunk.timestamps, features=feats,
+                        decode_s=t3 - t2, features_s=t4 - t3,
+                    )
+                    if self.keep_pixels:
+                        values["frames"] = chunk.frames
+                    yield self._row(src, **values)
+                    meta["download_s"] = 0.0
+                    i += 1
+                if i != n_chunks:
+                    # fewer frames than the container claimed: tell the assembler the real count
+                    yield self._row(src, **dict(meta, chunk_index=-1, n_chunks=i))
+        except DecodeError as exc:
+            yield self._row(src, status=STATUS_FAILED, error=str(exc))
+        except Exception as exc:  # noqa: BLE001 - storage errors, decoder crashes: recorded
+            yield self._row(src, status=STATUS_FAILED, error=f"{type(exc).__name__}: {exc}")
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        """One video per input row (map_batches batch_size=1); yields one batch per chunk."""
+        keys = list(batch)
+        for i in range(len(batch[keys[0]])):
+            yield from self._chunks({k: batch[k][i] for k in keys})
+
+
+class EmbedStage:
+    """Chunk rows -> the same rows with `embedding` (float16, L2-normalised) and `embed_s`,
+    and without the pixels. A stateful actor: the model loads once per actor, on its GPU
+    when it has one."""
+
+    def __init__(self, spec, batch_size: int = 32, num_threads: int | None = None) -> None:
+        from operators.embed import create_embedder
+
+        self.embedder = create_embedder(spec, batch_size=batch_size, num_threads=num_threads)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Embed every row's frames in one model pass (rows concatenated, then split back)."""
+        frames = [np.asarray(f) for f in batch.pop("frames")]
+        counts = [len(f) for f in frames]
+        t0 = time.perf_counter()
+        nonempty = [f for f in frames if len(f)]
+        if nonempty:
+            emb = self.embedder.encode_frames(np.concatenate(nonempty))
+        else:
+            emb = np.zeros((0, self.embedder.dim), np.float32)
+        elapsed = time.perf_counter() - t0
+        total = max(1, sum(counts))
+        splits = np.split(emb.astype(np.float16), np.cumsum(counts)[:-1])
+        batch["embedding"] = _ragged(splits)
+        batch["embed_s"] = np.array([elapsed * c / total for c in counts])
+        return batch
+
+
+def _ragged(arrays: list[np.ndarray]) -> np.ndarray:
+    """A column of per-row arrays: a dense tensor when shapes agree, else an object array
+    (which Ray Data stores as a variable-shaped tensor column)."""
+    if len({a.shape for a in arrays}) == 1:
+        return np.stack(arrays)
+    out = np.empty(len(arrays), dtype=object)
+    out[:] = arrays
+    return out

@@ -1,0 +1,116 @@
+"""Shot detection on planted shots: hard cuts, gradual transitions, and negatives."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from operators.segment import boundary_times, detect_shots, shot_ids_from_starts
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    """Rows of ``x`` as float32 unit vectors."""
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def random_directions(rng: np.random.Generator, count: int, dim: int) -> np.ndarray:
+    """``count`` random unit vectors in ``dim`` dimensions (nearly orthogonal for big dim)."""
+    return unit(rng.normal(size=(count, dim)))
+
+
+def shot_video(
+    rng: np.random.Generator,
+    lengths: list[int],
+    dim: int = 64,
+    noise: float = 0.1,
+    blend: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Consecutive shots: blocks of frames around distinct random unit vectors plus noise.
+
+    With ``blend`` > 0 every boundary becomes a gradual transition: the ``blend`` frames
+    around it are linear blends between the two shot vectors (a dissolve). Returns
+    (frames (n, dim) unit rows, true shot start indices).
+    """
+    centres = random_directions(rng, len(lengths), dim)
+    labels = np.concatenate([np.full(s, c) for c, s in enumerate(lengths)])
+    base = centres[labels].copy()
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    for s, b in enumerate(starts[1:], start=1):
+        lo = b - blend // 2
+        for j in range(blend):
+            w = (j + 1) / (blend + 1)
+            base[lo + j] = (1 - w) * centres[s - 1] + w * centres[s]
+    return unit(base + noise * rng.normal(size=base.shape)), starts.astype(np.int64)
+
+
+FPS = 4.0
+
+
+def _times(n: int) -> np.ndarray:
+    return np.arange(n, dtype=np.float64) / FPS
+
+
+def _matches(found: np.ndarray, truth: np.ndarray, tol: int = 1) -> bool:
+    """Same number of starts, each within ``tol`` frames of the planted one."""
+    return len(found) == len(truth) and bool(np.all(np.abs(found - truth) <= tol))
+
+
+def test_hard_cuts_found_exactly() -> None:
+    feats, truth = shot_video(np.random.default_rng(0), [20, 12, 30, 9, 16], noise=0.05)
+    found = detect_shots(feats, _times(len(feats)))
+    assert found.dtype == np.int64
+    np.testing.assert_array_equal(found, truth)
+
+
+@pytest.mark.parametrize("blend", [3, 6])
+def test_gradual_transitions_found(blend: int) -> None:
+    feats, truth = shot_video(
+        np.random.default_rng(1), [24, 20, 28, 22], noise=0.05, blend=blend
+    )
+    found = detect_shots(feats, _times(len(feats)))
+    assert _matches(found, truth), (found, truth)
+
+
+def test_static_shot_with_noise_has_no_boundary() -> None:
+    rng = np.random.default_rng(2)
+    feats = unit(random_directions(rng, 1, 64) + 0.1 * rng.normal(size=(200, 64)))
+    np.testing.assert_array_equal(detect_shots(feats, _times(200)), [0])
+
+
+def test_slow_drift_is_not_a_boundary() -> None:
+    """A slow pan: the frame vector turns steadily from one direction to another."""
+    rng = np.random.default_rng(3)
+    a, b = random_directions(rng, 2, 64)
+    w = np.linspace(0.0, 1.0, 240)[:, None]
+    feats = unit((1 - w) * a + w * b + 0.03 * rng.normal(size=(240, 64)))
+    np.testing.assert_array_equal(detect_shots(feats, _times(240)), [0])
+
+
+def test_min_shot_length_suppresses_flash() -> None:
+    """Two cuts 0.5 s apart (a flash) count once when min_shot_s is 1 s."""
+    feats, _ = shot_video(np.random.default_rng(4), [20, 2, 20], noise=0.05)
+    found = detect_shots(feats, _times(len(feats)), min_shot_s=1.0)
+    assert len(found) == 2 and abs(found[1] - 20) <= 2
+
+
+def test_explicit_threshold_controls_sensitivity() -> None:
+    feats, _ = shot_video(np.random.default_rng(5), [20, 20, 20], noise=0.05)
+    assert len(detect_shots(feats, _times(60), threshold=0.05)) == 3
+    assert len(detect_shots(feats, _times(60), threshold=1.9, gradual_threshold=1.9)) == 1
+
+
+def test_tiny_inputs() -> None:
+    assert detect_shots(np.zeros((0, 8), np.float32), np.zeros(0)).shape == (0,)
+    np.testing.assert_array_equal(detect_shots(unit(np.ones((1, 8))), np.zeros(1)), [0])
+    np.testing.assert_array_equal(detect_shots(unit(np.eye(8)[:2]), _times(2)), [0])
+
+
+def test_shot_ids_and_boundary_times() -> None:
+    starts = np.array([0, 3, 7])
+    np.testing.assert_array_equal(
+        shot_ids_from_starts(9, starts), [0, 0, 0, 1, 1, 1, 1, 2, 2]
+    )
+    assert shot_ids_from_starts(0, starts).shape == (0,)
+    np.testing.assert_allclose(boundary_times(_times(9), starts), [0.625, 1.625])
+    assert boundary_times(_times(3), np.array([0])).shape == (0,)
