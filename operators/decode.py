@@ -13,11 +13,10 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import numpy as np
-
 # decord must be imported before torch in the same process on some builds (it links its own
 # ffmpeg); importing it here, at the bottom of the stack, keeps that order.
 import decord
+import numpy as np
 
 decord.bridge.set_bridge("native")
 

@@ -113,19 +113,33 @@ class FinalizeSettings:
     method_params: dict = field(default_factory=dict)
 
 
-def segment_and_select(p: VideoPayload, s: FinalizeSettings) -> tuple[np.ndarray, Selection]:
-    """Shot starts and the selection for one video's payload."""
-    starts = detect_shots(p.features, p.timestamps)
+def segment_and_select(
+    features: np.ndarray,
+    embeddings: np.ndarray,
+    timestamps: np.ndarray,
+    method: str,
+    k: int | str,
+    *,
+    query: np.ndarray | None = None,
+    seed: int = 0,
+    dedup_threshold: float | None = None,
+    **method_params,
+) -> tuple[np.ndarray, Selection]:
+    """Shots and selection for one video: the one code path the job and the service share.
+
+    Takes per-frame training-free `features` (n, Df), `embeddings` (n, D) and `timestamps`
+    (n,), a method name and budget k (int or "auto"), and an optional query embedding.
+    Returns (shot start indices (s,) int64, Selection).
+    """
+    starts = detect_shots(features, timestamps)
     frames = VideoFrames(
-        embeddings=p.embeddings,
-        timestamps=p.timestamps,
-        shot_ids=shot_ids_from_starts(len(p.timestamps), starts),
-        features=p.features,
-        query=s.query,
+        embeddings=embeddings,
+        timestamps=timestamps,
+        shot_ids=shot_ids_from_starts(len(timestamps), starts),
+        features=features,
+        query=query,
     )
-    sel = select_frames(
-        s.method, frames, s.k, seed=s.seed, dedup_threshold=s.dedup_threshold, **s.method_params
-    )
+    sel = select_frames(method, frames, k, seed=seed, dedup_threshold=dedup_threshold, **method_params)
     return starts, sel
 
 
@@ -163,7 +177,10 @@ def finalize_video(p: VideoPayload, s: FinalizeSettings) -> dict:
         return row
     try:
         t0 = time.perf_counter()
-        starts, sel = segment_and_select(p, s)
+        starts, sel = segment_and_select(
+            p.features, p.embeddings, p.timestamps, s.method, s.k, query=s.query, seed=s.seed,
+            dedup_threshold=s.dedup_threshold, **s.method_params,
+        )
         t1 = time.perf_counter()
         rows, shots = _write_outputs(p, s, starts, sel)
         t2 = time.perf_counter()
@@ -191,7 +208,7 @@ def _write_outputs(
             "end_s": float(p.meta["duration_s"]) if b >= len(ts) else float((ts[b - 1] + ts[b]) / 2),
             "start_frame_index": int(p.frame_index[a]), "num_sampled_frames": int(b - a),
         }
-        for i, (a, b) in enumerate(zip(starts, ends))
+        for i, (a, b) in enumerate(zip(starts, ends, strict=True))
     ]
     shot_of = np.searchsorted(starts, sel.indices, side="right") - 1
     clip_of = _clip_windows(sel, ts)

@@ -1,0 +1,102 @@
+"""Decoding (decord) and training-free features, on synthetic and real videos."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from operators.decode import (
+    DecodeError,
+    decode_video,
+    iter_chunks,
+    probe_video,
+    read_frames,
+    sample_indices,
+)
+from operators.features import FEATURE_DIM, frame_features
+from tests.synthetic import make_shots_video, shot_frames
+
+
+@pytest.fixture(scope="module")
+def shots_video(tmp_path_factory):
+    path = tmp_path_factory.mktemp("vid") / "three_shots.mp4"
+    bounds = make_shots_video(path, [3.0, 2.0, 4.0], fps=10)
+    return path, bounds
+
+
+def test_probe_reports_length_rate_and_size(shots_video):
+    info = probe_video(str(shots_video[0]))
+    assert info.num_frames == 90
+    assert info.fps == pytest.approx(10.0)
+    assert info.duration_s == pytest.approx(9.0)
+    assert (info.width, info.height) == (160, 120)
+
+
+def test_sampling_takes_one_frame_per_interval(shots_video):
+    info = probe_video(str(shots_video[0]))
+    idx = sample_indices(info, fps=2.0)
+    assert np.array_equal(idx, np.arange(0, 90, 5))
+    assert len(sample_indices(info, fps=100.0)) == 90  # never more than the source has
+    assert len(sample_indices(info, fps=2.0, max_frames=6)) <= 6
+
+
+def test_chunks_are_bounded_and_cover_every_sampled_frame(shots_video):
+    chunks = list(iter_chunks(str(shots_video[0]), fps=4.0, size=64, chunk_frames=7))
+    assert all(len(c.frame_index) <= 7 for c in chunks)
+    assert all(c.frames.shape[1:] == (64, 64, 3) and c.frames.dtype == np.uint8 for c in chunks)
+    ts = np.concatenate([c.timestamps for c in chunks])
+    assert len(ts) == 36 and np.all(np.diff(ts) > 0)
+
+
+def test_decoded_frames_match_the_written_content(shots_video):
+    d = decode_video(str(shots_video[0]), fps=1.0, size=64)
+    # frame 0 and frame 50 come from different shots: their mean colours differ a lot
+    expected = [shot_frames(30, 0)[0].mean(axis=(0, 1)), shot_frames(40, 2)[0].mean(axis=(0, 1))]
+    assert np.abs(d.frames[0].mean(axis=(0, 1)) - expected[0]).max() < 25
+    assert np.abs(d.frames[5].mean(axis=(0, 1)) - expected[1]).max() < 25
+
+
+def test_read_frames_full_resolution_and_scaled(shots_video):
+    full = read_frames(str(shots_video[0]), np.array([40, 3]))
+    assert full.shape == (2, 120, 160, 3)
+    small = read_frames(str(shots_video[0]), np.array([3]), max_side=80)
+    assert max(small.shape[1:3]) == 80
+
+
+@pytest.mark.parametrize(
+    "content, reason",
+    [(b"", "empty"), (b"this is not a video at all\n" * 100, "not a decodable video")],
+)
+def test_unreadable_files_raise_a_readable_reason(tmp_path, content, reason):
+    path = tmp_path / "bad.mp4"
+    path.write_bytes(content)
+    with pytest.raises(DecodeError, match=reason):
+        probe_video(str(path))
+
+
+def test_missing_file_raises(tmp_path):
+    with pytest.raises(DecodeError, match="not found"):
+        probe_video(str(tmp_path / "nope.mp4"))
+
+
+def test_features_are_normalised_deterministic_and_separate_shots():
+    a, b = shot_frames(5, 1), shot_frames(5, 2)
+    fa, fb = frame_features(a), frame_features(b)
+    assert fa.shape == (5, FEATURE_DIM) and fa.dtype == np.float32
+    assert np.allclose(np.linalg.norm(fa, axis=1), 1.0, atol=1e-5)
+    assert np.array_equal(fa, frame_features(a))
+    within = float((fa[0] * fa[1]).sum())
+    across = float((fa[0] * fb[0]).sum())
+    assert within > 0.95 and across < within - 0.2
+
+
+def test_features_of_no_frames_and_bad_shape():
+    assert frame_features(np.zeros((0, 32, 32, 3), np.uint8)).shape == (0, FEATURE_DIM)
+    with pytest.raises(ValueError, match="RGB"):
+        frame_features(np.zeros((2, 32, 32), np.uint8))
+
+
+def test_real_video_decodes_at_model_size(shared_videos):
+    d = decode_video(str(shared_videos / "Megamind.avi"), fps=1.0)
+    assert d.frames.shape == (12, 224, 224, 3)
+    assert d.info.width == 720 and d.info.height == 528

@@ -1,0 +1,110 @@
+"""The CLIP path with random weights (see ../shared/MODELS.md) and the weights loading path."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from operators.embed import (
+    ClipEmbedder,
+    EmbedderSpec,
+    FeatureEmbedder,
+    WeightsError,
+    create_embedder,
+    resolve_embedder,
+)
+
+
+@pytest.fixture(scope="module")
+def random_clip() -> ClipEmbedder:
+    torch.manual_seed(0)
+    return create_embedder(resolve_embedder("clip", pretrained="random"), device="cpu", batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def frames() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (6, 224, 224, 3), dtype=np.uint8)
+
+
+def test_image_embeddings_have_model_shape_and_unit_norm(random_clip, frames):
+    emb = random_clip.encode_frames(frames)
+    assert emb.shape == (6, 512) and emb.dtype == np.float32
+    assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-4)
+    assert random_clip.name == "clip:ViT-B-32/random"
+
+
+def test_batching_does_not_change_results(random_clip, frames):
+    one_batch = random_clip.encode_frames(frames)
+    random_clip.batch_size = 1
+    try:
+        per_frame = random_clip.encode_frames(frames)
+    finally:
+        random_clip.batch_size = 4
+    assert np.allclose(one_batch, per_frame, atol=1e-4)
+
+
+def test_text_and_image_towers_share_a_space(random_clip):
+    text = random_clip.encode_text(["a dog on a beach", "a city at night"])
+    assert text.shape == (2, random_clip.dim)
+    assert np.allclose(np.linalg.norm(text, axis=1), 1.0, atol=1e-4)
+
+
+def test_wrong_frame_size_is_refused(random_clip):
+    with pytest.raises(ValueError, match="224"):
+        random_clip.encode_frames(np.zeros((1, 100, 100, 3), np.uint8))
+
+
+def test_weights_file_loads_through_the_users_path(tmp_path, random_clip, frames):
+    path = tmp_path / "my_clip.pt"
+    torch.save(random_clip.model.state_dict(), path)
+    spec = resolve_embedder("clip", weights=str(path))
+    assert spec.checkpoint == str(path) and spec.name == "clip:ViT-B-32/file:my_clip.pt"
+    loaded = create_embedder(spec, device="cpu")
+    assert np.allclose(loaded.encode_frames(frames), random_clip.encode_frames(frames), atol=1e-5)
+    # a directory holding the checkpoint works too
+    spec_dir = resolve_embedder("clip", weights=str(tmp_path))
+    assert spec_dir.checkpoint == str(path)
+
+
+def test_weights_from_environment_variable(tmp_path, random_clip, monkeypatch):
+    path = tmp_path / "env.pt"
+    torch.save(random_clip.model.state_dict(), path)
+    monkeypatch.setenv("FRAMESIFT_CLIP_WEIGHTS", str(path))
+    assert resolve_embedder("clip", validate=False).checkpoint == str(path)
+
+
+def test_mismatched_checkpoint_fails_with_model_name(tmp_path):
+    path = tmp_path / "wrong.pt"
+    torch.save({"not": torch.zeros(3)}, path)
+    with pytest.raises(WeightsError, match="ViT-B-32"):
+        resolve_embedder("clip", weights=str(path))
+
+
+def test_unavailable_pretrained_tag_fails_fast_and_says_how_to_fix(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("FRAMESIFT_CLIP_WEIGHTS", raising=False)
+    t0 = time.monotonic()
+    with pytest.raises(WeightsError) as err:
+        resolve_embedder("clip", "ViT-B-32", "laion2b_s34b_b79k")
+    msg = str(err.value)
+    assert "ViT-B-32" in msg and "laion2b_s34b_b79k" in msg and "--weights" in msg
+    assert time.monotonic() - t0 < 30  # no long download retries
+
+
+def test_unknown_tag_and_missing_path_are_clear():
+    with pytest.raises(WeightsError, match="no pretrained tag"):
+        resolve_embedder("clip", "ViT-B-32", "no-such-tag")
+    with pytest.raises(WeightsError, match="does not exist"):
+        resolve_embedder("clip", weights="/nonexistent/clip.pt")
+
+
+def test_auto_falls_back_to_features_loudly(monkeypatch, caplog):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("FRAMESIFT_CLIP_WEIGHTS", raising=False)
+    spec = resolve_embedder("auto", "ViT-B-32", "laion2b_s34b_b79k")
+    assert spec == EmbedderSpec("features")
+    assert "features" in caplog.text and "--weights" in caplog.text
+    assert isinstance(create_embedder(spec), FeatureEmbedder)

@@ -1,0 +1,252 @@
+"""The curation job end to end, on real Ray, real videos, a real S3 server on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from jobs import curate
+from operators.storage import Storage
+from operators.write import MANIFEST_SCHEMA, SHOTS_SCHEMA, VIDEOS_SCHEMA, read_table
+from tests.conftest import ROOT
+from tests.synthetic import make_shots_video
+
+pytestmark = pytest.mark.integration
+
+# Hard cuts listed in ../shared/videos/SOURCES.md
+BOUNDARIES = {
+    "Megamind.avi": [4.13, 6.46, 8.38],
+    "big_buck_bunny_0_30.webm": [11.80, 15.67, 22.96],
+}
+
+
+def _tree(root: Path) -> dict[str, float]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, shared_videos) -> Path:
+    """Two real videos, one synthetic, and three broken files."""
+    d = tmp_path_factory.mktemp("corpus")
+    for name in BOUNDARIES:
+        shutil.copy(shared_videos / name, d / name)
+    make_shots_video(d / "synthetic_three_shots.mp4", [3.0, 3.0, 3.0], fps=10)
+    data = (shared_videos / "cockatoo.mp4").read_bytes()
+    (d / "truncated.mp4").write_bytes(data[: len(data) // 3])
+    (d / "notes.mp4").write_text("not a video, just text\n" * 50)
+    (d / "empty.webm").write_bytes(b"")
+    (d / "README.txt").write_text("ignored: not a video extension")
+    return d
+
+
+@pytest.fixture(scope="module")
+def local_run(corpus, tmp_path_factory, ray_local):
+    out = tmp_path_factory.mktemp("out") / "curated"
+    argv = [str(corpus), str(out), "--embedder", "features", "--method", "shots", "--fps", "2", "--k", "8"]
+    code = curate.main(argv)
+    return out, code, argv
+
+
+def test_local_run_exits_zero_and_records_every_input(local_run):
+    out, code, _ = local_run
+    assert code == 0
+    videos = {r["source_uri"].rsplit("/", 1)[-1]: r for r in read_table(Storage(), str(out), "videos").to_pylist()}
+    assert set(videos) == {*BOUNDARIES, "synthetic_three_shots.mp4", "truncated.mp4", "notes.mp4", "empty.webm"}
+    for name in (*BOUNDARIES, "synthetic_three_shots.mp4"):
+        assert videos[name]["status"] == "done", videos[name]["error"]
+        assert videos[name]["frames_sampled"] > 0 and videos[name]["embedder"] == "features-v1"
+    for name in ("truncated.mp4", "notes.mp4", "empty.webm"):
+        assert videos[name]["status"] == "failed"
+        assert videos[name]["error"]
+    assert "empty" in videos["empty.webm"]["error"]
+    report = json.loads((out / "report.json").read_text())
+    assert report["videos"] == {"done": 3, "failed": 3, "skipped": 0}
+
+
+def test_tables_have_their_schemas(local_run):
+    out, _, _ = local_run
+    for table, schema in (("manifest", MANIFEST_SCHEMA), ("shots", SHOTS_SCHEMA), ("videos", VIDEOS_SCHEMA)):
+        for f in (out / table).glob("*.parquet"):
+            assert pq.read_schema(f).equals(schema, check_metadata=False), (table, f)
+
+
+def test_manifest_rows_point_at_written_frames(local_run):
+    out, _, _ = local_run
+    manifest = read_table(Storage(), str(out), "manifest").to_pylist()
+    by_video: dict[str, list] = {}
+    for row in manifest:
+        by_video.setdefault(row["video_id"], []).append(row)
+        assert Path(row["image_uri"]).is_file()
+        assert row["method"] == "shots" and len(row["embedding"]) > 0
+        ms = int(Path(row["image_uri"]).stem)
+        assert abs(ms / 1000 - row["timestamp_s"]) < 0.001
+        assert f"frames/{row['video_id']}/" in row["image_uri"]
+    assert len(by_video) == 3 and all(1 <= len(rows) <= 8 for rows in by_video.values())
+    # written frames are full resolution (Megamind is 720x528)
+    mega = next(r for r in manifest if r["source_uri"].endswith("Megamind.avi"))
+    assert Image.open(mega["image_uri"]).size == (720, 528)
+
+
+def test_shot_boundaries_found_within_half_a_second(local_run):
+    out, _, _ = local_run
+    shots = read_table(Storage(), str(out), "shots").to_pylist()
+    for name, truth in BOUNDARIES.items():
+        starts = sorted(r["start_s"] for r in shots if r["source_uri"].endswith(name))[1:]
+        for t in truth:
+            assert min(abs(np.array(starts) - t)) <= 0.5, (name, t, starts)
+        assert len(starts) <= len(truth) + 1, (name, starts)  # at most one spurious (fades)
+
+
+def test_shots_method_covers_every_shot_of_the_synthetic_video(local_run):
+    out, _, _ = local_run
+    manifest = read_table(Storage(), str(out), "manifest").to_pylist()
+    rows = [r for r in manifest if r["source_uri"].endswith("synthetic_three_shots.mp4")]
+    times = np.array([r["timestamp_s"] for r in rows])
+    for lo, hi in ((0, 3), (3, 6), (6, 9)):
+        assert np.any((times >= lo) & (times < hi)), times
+
+
+def test_second_run_writes_nothing_new(local_run, capsys):
+    out, _, argv = local_run
+    before = {k: v for k, v in _tree(out).items() if k != "report.json"}
+    assert curate.main(argv) == 0
+    after = {k: v for k, v in _tree(out).items() if k != "report.json"}
+    assert after == before
+    report = json.loads((out / "report.json").read_text())
+    assert report["videos"] == {"done": 0, "failed": 0, "skipped": 6}
+    assert "6 skipped" in capsys.readouterr().out
+
+
+def test_crashed_run_resumes_only_uncommitted_videos(local_run, tmp_path):
+    out, _, argv = local_run
+    copy = tmp_path / "resumed"
+    shutil.copytree(out, copy)
+    victim = next((copy / "videos").glob("*.parquet"))
+    victim.unlink()  # as if the worker died before committing this video
+    assert curate.main([argv[0], str(copy), *argv[2:]]) == 0
+    report = json.loads((copy / "report.json").read_text())
+    assert report["videos"]["skipped"] == 5
+    assert report["videos"]["done"] + report["videos"]["failed"] == 1
+    assert victim.exists()
+
+
+@pytest.fixture(scope="module")
+def clip_weights(tmp_path_factory) -> Path:
+    import open_clip
+
+    torch.manual_seed(0)
+    model = open_clip.create_model("ViT-B-32", pretrained=None)
+    path = tmp_path_factory.mktemp("weights") / "vit_b_32_random.pt"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def test_s3_to_s3_with_clip_weights_file(s3_endpoint, s3fs_client, shared_videos, clip_weights, ray_local, tmp_path):
+    bucket = "framesift-in"
+    s3fs_client.mkdir(bucket)
+    s3fs_client.put(str(shared_videos / "Megamind.avi"), f"{bucket}/videos/a/Megamind.avi")
+    s3fs_client.put(str(ROOT / "samples/videos/cityCC0.mpg"), f"{bucket}/videos/b/city.mpg")
+    s3fs_client.pipe(f"{bucket}/videos/b/broken.mp4", b"\x00\x00\x00\x18ftypmp42" + os.urandom(4000))
+    s3fs_client.mkdir("framesift-out")
+    out = "s3://framesift-out/run1"
+    argv = [
+        f"s3://{bucket}/videos", out, "--s3-endpoint", s3_endpoint, "--embedder", "clip",
+        "--weights", str(clip_weights), "--method", "kmeans", "--k", "4", "--fps", "1",
+    ]
+    assert curate.main(argv) == 0
+    storage = Storage(endpoint_url=s3_endpoint)
+    videos = {r["source_uri"]: r for r in read_table(storage, out, "videos").to_pylist()}
+    assert videos[f"s3://{bucket}/videos/a/Megamind.avi"]["status"] == "done"
+    assert videos[f"s3://{bucket}/videos/b/city.mpg"]["status"] == "done"
+    assert videos[f"s3://{bucket}/videos/b/broken.mp4"]["status"] == "failed"
+    manifest = read_table(storage, out, "manifest").to_pylist()
+    assert len(manifest) == 8
+    for row in manifest:
+        assert row["embedder"] == "clip:ViT-B-32/file:vit_b_32_random.pt"
+        assert len(row["embedding"]) == 512
+        assert abs(np.linalg.norm(row["embedding"]) - 1) < 1e-2
+        assert row["image_uri"].startswith(out + "/frames/")
+        assert s3fs_client.exists(row["image_uri"])
+    # the re-run against S3 is a no-op too
+    keys = sorted(s3fs_client.find("framesift-out/run1/videos"))
+    assert curate.main(argv) == 0
+    assert sorted(s3fs_client.find("framesift-out/run1/videos")) == keys
+    report = json.loads(s3fs_client.cat("framesift-out/run1/report.json"))
+    assert report["videos"]["skipped"] == 3
+
+
+def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "jobs.curate", *args], capture_output=True, text=True, cwd=ROOT,
+        env={**os.environ, **(env or {})}, timeout=300,
+    )
+
+
+def test_cli_help_explains_options():
+    res = _cli("--help")
+    assert res.returncode == 0
+    for flag in ("--fps", "--k", "--method", "--embedder", "--weights", "--image-format", "--limit", "--config"):
+        assert flag in res.stdout
+
+
+def test_missing_input_and_empty_input_fail_with_message(tmp_path):
+    res = _cli(str(tmp_path / "nope"), str(tmp_path / "out"))
+    assert res.returncode == 1 and "does not exist" in res.stderr
+    (tmp_path / "empty").mkdir()
+    res = _cli(str(tmp_path / "empty"), str(tmp_path / "out"))
+    assert res.returncode == 1 and "holds no videos" in res.stderr
+
+
+def test_missing_bucket_fails_before_work(s3_endpoint, tmp_path):
+    res = _cli("s3://no-such-bucket/videos", str(tmp_path / "out"), "--s3-endpoint", s3_endpoint)
+    assert res.returncode == 1 and "no-such-bucket" in res.stderr
+
+
+def test_unwritable_output_fails_fast(tmp_path):
+    (tmp_path / "in").mkdir()
+    make_shots_video(tmp_path / "in" / "v.mp4", [1.0], fps=5)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    res = _cli(str(tmp_path / "in"), str(blocker / "out"), "--embedder", "features")
+    assert res.returncode == 1 and "not writable" in res.stderr
+
+
+def test_clip_without_weights_fails_before_reading_any_video(tmp_path):
+    (tmp_path / "in").mkdir()
+    make_shots_video(tmp_path / "in" / "v.mp4", [1.0], fps=5)
+    res = _cli(str(tmp_path / "in"), str(tmp_path / "out"), "--embedder", "clip", env={"HF_HUB_OFFLINE": "1"})
+    assert res.returncode == 1
+    assert "ViT-B-32" in res.stderr and "laion2b_s34b_b79k" in res.stderr and "--weights" in res.stderr
+    assert not (tmp_path / "out" / "videos").exists()
+
+
+def test_bad_options_are_usage_errors(tmp_path):
+    res = _cli(str(tmp_path), str(tmp_path / "out"), "--method", "nope")
+    assert res.returncode == 2 and "unknown --method" in res.stderr
+    res = _cli(str(tmp_path), str(tmp_path / "out"), "--k", "0")
+    assert res.returncode == 2 and "--k" in res.stderr
+
+
+def test_yaml_config_and_listing_file(tmp_path, ray_local):
+    make_shots_video(tmp_path / "a.mp4", [2.0, 2.0], fps=10, seed=3)
+    make_shots_video(tmp_path / "b.mp4", [2.0, 2.0], fps=10, seed=7)
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# two videos\n{tmp_path / 'a.mp4'}\n{tmp_path / 'b.mp4'}\n")
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("fps: 2\nk: 3\nmethod: kcenter\nembedder: features\nimage-format: webp\nlimit: 1\n")
+    out = tmp_path / "out"
+    assert curate.main([str(listing), str(out), "--config", str(cfg)]) == 0
+    manifest = read_table(Storage(), str(out), "manifest").to_pylist()
+    assert {r["source_uri"] for r in manifest} == {str(tmp_path / "a.mp4")}  # limit 1, sorted
+    assert len(manifest) == 3 and all(r["image_uri"].endswith(".webp") for r in manifest)
+    assert all(r["method"] == "kcenter" for r in manifest)
