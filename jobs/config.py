@@ -64,6 +64,14 @@ class CurateConfig:
     max_frames_per_video: int | None = field(
         default=None, metadata={"help": "cap on sampled frames per video (lowers fps)"}
     )
+    dense: bool = field(
+        default=False,
+        metadata={"help": "embed every sampled frame (default: the cascade embeds one frame "
+                  "per group of near-duplicates found by the cheap features)"},
+    )
+    cascade_ratio: float = field(
+        default=0.25, metadata={"help": "cascade: at most this share of sampled frames is embedded"}
+    )
     embed_batch_size: int = field(default=32, metadata={"help": "frames per model batch"})
     embed_concurrency: tuple[int, int] | int | None = field(
         default=None, metadata={"help": "embedding actors: N or MIN,MAX (default: by resources)"}
@@ -100,6 +108,8 @@ class CurateConfig:
             raise ConfigError("--image-quality must be in 1..100")
         if self.chunk_frames < 1 or self.embed_batch_size < 1 or self.max_inflight_videos < 1:
             raise ConfigError("--chunk-frames, --embed-batch-size, --max-inflight-videos must be >= 1")
+        if not 0.0 < self.cascade_ratio <= 1.0:
+            raise ConfigError("--cascade-ratio must be in (0, 1]")
         if self.limit is not None and self.limit < 1:
             raise ConfigError("--limit must be >= 1")
         if self.dedup_threshold is not None and not -1.0 <= self.dedup_threshold <= 1.0:

@@ -88,7 +88,7 @@ def _coerce(f: dataclasses.Field, value):
     if isinstance(value, bool) or f.name in ("k", "embed_concurrency"):
         return value
     default = f.default
-    kinds = {"fps": float, "dedup_threshold": float}
+    kinds = {"fps": float, "dedup_threshold": float, "cascade_ratio": float}
     if f.name in kinds:
         conv = kinds[f.name]
     elif isinstance(default, int) or f.name in ("limit", "max_side", "max_frames_per_video"):
@@ -127,10 +127,11 @@ def _embed_resources(ray, cfg: CurateConfig) -> dict:
     conc = cfg.embed_concurrency
     if gpus:
         return {"num_gpus": 1, "num_cpus": 1, "concurrency": conc or (1, gpus), "threads": None}
-    # On CPU the model is the bottleneck by ~10x; one actor holding all but one core, with
-    # torch threads to match, leaves a core for decoding.
+    # On CPU the model is the bottleneck by ~10x: one actor reserves all but one core (a
+    # core stays free for decode tasks) but runs torch on every core, since decoding needs
+    # only a small share of it.
     actor_cpus = max(1, cpus - 1)
-    return {"num_gpus": 0, "num_cpus": actor_cpus, "concurrency": conc or 1, "threads": actor_cpus}
+    return {"num_gpus": 0, "num_cpus": actor_cpus, "concurrency": conc or 1, "threads": cpus}
 
 
 def _query_vector(cfg: CurateConfig, embedder) -> np.ndarray | None:
@@ -187,6 +188,7 @@ def build_dataset(ray, cfg: CurateConfig, storage: Storage, todo: list, spec):
             storage, cfg.fps, size=224 if not use_clip else _model_size(spec),
             chunk_frames=cfg.chunk_frames, keep_pixels=use_clip,
             max_frames=cfg.max_frames_per_video,
+            cascade_ratio=None if cfg.dense else cfg.cascade_ratio,
         ),
         batch_size=1,
         batch_format="numpy",
@@ -238,7 +240,9 @@ def run(cfg: CurateConfig) -> dict:
     rows: list[dict] = []
     if todo:
         ray = _init_ray()
-        finalize = ray.remote(num_cpus=1, max_retries=2)(finalize_video)
+        # finalising is mostly I/O (read k frames, encode, write): a fractional CPU keeps it
+        # running beside the streaming pipeline instead of queueing behind it
+        finalize = ray.remote(num_cpus=0.25, max_retries=2)(finalize_video)
         settings_ref = ray.put(settings)
         assembler = VideoAssembler()
         inflight: list = []

@@ -33,7 +33,7 @@ class VideoPayload:
     timestamps: np.ndarray
     features: np.ndarray
     embeddings: np.ndarray
-    times: dict = field(default_factory=dict)
+    times: dict = field(default_factory=dict)  # seconds per stage, and frames_embedded
     error: str = ""
 
 
@@ -84,6 +84,7 @@ def _payload(first: dict, parts: list[dict], error: str = "") -> VideoPayload:
     else:
         emb = feats
     times = {t: float(sum(float(p.get(t) or 0.0) for p in parts)) for t in _TIMES}
+    times["frames_embedded"] = int(sum(int(p.get("n_embed") or 0) for p in parts))
     return VideoPayload(
         meta,
         np.concatenate([np.asarray(p["frame_index"], np.int64) for p in parts]),
@@ -103,7 +104,6 @@ class FinalizeSettings:
     method: str
     k: int | str
     embedder: str
-    frames_embedded_all: bool = True
     seed: int = 0
     dedup_threshold: float | None = None
     image_format: str = "jpeg"
@@ -149,7 +149,7 @@ def _video_row(p: VideoPayload, s: FinalizeSettings, status: str, **extra) -> di
         "status": status,
         "error": p.error or None,
         "frames_sampled": len(p.timestamps),
-        "frames_embedded": len(p.timestamps) if s.frames_embedded_all else 0,
+        "frames_embedded": 0,
         "frames_selected": 0,
         "shots": 0,
         "k": None,

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from operators.cascade import redundancy_groups
 from operators.decode import DecodeError, iter_chunks, probe_video, sample_indices
 from operators.features import FEATURE_DIM, frame_features
 from operators.storage import Storage, local_copy
@@ -52,6 +53,7 @@ class DecodeStage:
         keep_pixels: bool = True,
         max_frames: int | None = None,
         decode_threads: int = 1,
+        cascade_ratio: float | None = None,
     ) -> None:
         self.storage = storage
         self.fps = fps
@@ -60,6 +62,7 @@ class DecodeStage:
         self.keep_pixels = keep_pixels
         self.max_frames = max_frames
         self.decode_threads = decode_threads
+        self.cascade_ratio = cascade_ratio
 
     def _row(self, src: dict, **values) -> dict[str, np.ndarray]:
         base = {
@@ -80,11 +83,22 @@ class DecodeStage:
             "frame_index": np.zeros(0, np.int64),
             "timestamps": np.zeros(0, np.float64),
             "features": np.zeros((0, FEATURE_DIM), np.float32),
+            "n_embed": 0,
         }
         if self.keep_pixels:
             base["frames"] = np.zeros((0, self.size, self.size, 3), np.uint8)
+            base["group_of"] = np.zeros(0, np.int64)
         base.update(values)
         return _scalar_batch(base)
+
+    def _pixels_for_model(self, frames: np.ndarray, feats: np.ndarray) -> dict:
+        """The frames the model must see: all of them, or with the cascade only one
+        representative per group of near-duplicates (`group_of` maps every frame to its
+        representative's position in `frames`)."""
+        if self.cascade_ratio is None:
+            return {"frames": frames, "group_of": np.arange(len(frames), dtype=np.int64)}
+        reps, group_of = redundancy_groups(feats, self.cascade_ratio)
+        return {"frames": np.ascontiguousarray(frames[reps]), "group_of": group_of, "n_embed": len(reps)}
 
     def _chunks(self, src: dict) -> Iterator[dict[str, np.ndarray]]:
         if isinstance(src.get("error"), str) and src["error"]:
@@ -117,10 +131,10 @@ class DecodeStage:
                     values = dict(
                         meta, chunk_index=i, frame_index=chunk.frame_index,
                         timestamps=chunk.timestamps, features=feats,
-                        decode_s=t3 - t2, features_s=t4 - t3,
+                        decode_s=t3 - t2, features_s=t4 - t3, n_embed=len(feats),
                     )
                     if self.keep_pixels:
-                        values["frames"] = chunk.frames
+                        values.update(self._pixels_for_model(chunk.frames, feats))
                     yield self._row(src, **values)
                     meta["download_s"] = 0.0
                     i += 1
@@ -140,8 +154,8 @@ class DecodeStage:
 
 
 class EmbedStage:
-    """Chunk rows -> the same rows with `embedding` (float16, L2-normalised) and `embed_s`,
-    and without the pixels. A stateful actor: the model loads once per actor, on its GPU
+    """Chunk rows -> the same rows with `embedding` (float16, L2-normalised, one per sampled
+    frame) and `embed_s`, and without the pixels. A stateful actor: the model loads once per actor, on its GPU
     when it has one."""
 
     def __init__(self, spec, batch_size: int = 32, num_threads: int | None = None) -> None:
@@ -162,7 +176,9 @@ class EmbedStage:
         elapsed = time.perf_counter() - t0
         total = max(1, sum(counts))
         splits = np.split(emb.astype(np.float16), np.cumsum(counts)[:-1])
-        batch["embedding"] = _ragged(splits)
+        # every sampled frame takes its representative's embedding
+        groups = batch.pop("group_of")
+        batch["embedding"] = _ragged([e[np.asarray(g, np.int64)] for e, g in zip(splits, groups, strict=True)])
         batch["embed_s"] = np.array([elapsed * c / total for c in counts])
         return batch
 
