@@ -113,10 +113,81 @@ def center_crop(frames: np.ndarray, size: int) -> np.ndarray:
     return frames[:, top : top + size, left : left + size]
 
 
-def _get_batch(vr, idx: np.ndarray) -> np.ndarray:
+# Containers whose index decord seeks in exactly. In others decord can return the wrong
+# frames: on AVI (OpenCV's Megamind.avi) get_batch lands ~100 frames early, and on MPEG-PS
+# (cityCC0.mpg) even its sequential reads are 12 frames off. Those are decoded with PyAV
+# (FFmpeg), in order, which is always exact.
+SEEKABLE_CONTAINERS = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm"})
+
+
+def seek_is_reliable(path: str, vr) -> bool:
+    """True when random access with decord returns the frames asked for: an indexed
+    container (SEEKABLE_CONTAINERS) whose frame timestamps are finite and non-decreasing."""
+    if os.path.splitext(path)[1].lower() not in SEEKABLE_CONTAINERS:
+        return False
     try:
-        return vr.get_batch(idx.tolist()).asnumpy()
-    except Exception as exc:  # noqa: BLE001
+        ts = vr.get_frame_timestamp(list(range(min(len(vr), 64))))[:, 0]
+    except Exception:  # noqa: BLE001 - no usable index
+        return False
+    return bool(np.all(np.isfinite(ts)) and ts[0] >= 0 and np.all(np.diff(ts) >= 0))
+
+
+class _SequentialReader:
+    """Decodes forward with PyAV and keeps only the frames asked for (ascending indices),
+    scaled to (width, height) by FFmpeg's swscale; -1 keeps the source size."""
+
+    def __init__(self, path: str, width: int, height: int) -> None:
+        import av
+
+        self.container = av.open(path)
+        stream = self.container.streams.video[0]
+        stream.thread_type = "AUTO"
+        self.frames = self.container.decode(stream)
+        self.size = {} if width < 0 else {"width": width, "height": height}
+        self.pos = 0
+
+    def read(self, idx: np.ndarray) -> np.ndarray:
+        out = []
+        for i in idx.tolist():
+            frame = None
+            while self.pos <= i:
+                frame = next(self.frames, None)
+                self.pos += 1
+                if frame is None:
+                    break
+            if frame is None:
+                break  # the container claimed more frames than it holds
+            out.append(frame.reformat(format="rgb24", **self.size).to_ndarray())
+        return np.stack(out) if out else np.zeros((0, 1, 1, 3), np.uint8)
+
+    def close(self) -> None:
+        self.container.close()
+
+
+def _reader(path: str, width: int, height: int, num_threads: int):
+    vr = _open(path, width=width, height=height, num_threads=num_threads)
+    if seek_is_reliable(path, vr):
+        return _RandomAccessReader(vr)
+    return _SequentialReader(path, width, height)
+
+
+class _RandomAccessReader:
+    """decord's get_batch, for containers where its seeking is exact."""
+
+    def __init__(self, vr) -> None:
+        self.vr = vr
+
+    def read(self, idx: np.ndarray) -> np.ndarray:
+        return self.vr.get_batch(idx.tolist()).asnumpy()
+
+    def close(self) -> None:
+        pass
+
+
+def _read(reader, idx: np.ndarray) -> np.ndarray:
+    try:
+        return reader.read(idx)
+    except Exception as exc:  # noqa: BLE001 - decoder errors of any kind
         raise DecodeError(f"decoding failed near frame {int(idx[0])}: {exc}") from exc
 
 
@@ -138,11 +209,19 @@ def iter_chunks(
     info = info or probe_video(path)
     idx = sample_indices(info, fps, max_frames)
     w, h = model_geometry(info, size)
-    vr = _open(path, width=w, height=h, num_threads=num_threads)
-    for start in range(0, len(idx), chunk_frames):
-        part = idx[start : start + chunk_frames]
-        frames = np.ascontiguousarray(center_crop(_get_batch(vr, part), size))
-        yield Chunk(part, part.astype(np.float64) / info.fps, frames)
+    reader = _reader(path, w, h, num_threads)
+    try:
+        for start in range(0, len(idx), chunk_frames):
+            part = idx[start : start + chunk_frames]
+            frames = _read(reader, part)
+            part = part[: len(frames)]
+            if len(part):
+                frames = np.ascontiguousarray(center_crop(frames, size))
+                yield Chunk(part, part.astype(np.float64) / info.fps, frames)
+            if len(part) < chunk_frames and start + chunk_frames < len(idx):
+                return  # the stream ended early
+    finally:
+        reader.close()
 
 
 def decode_video(
@@ -174,9 +253,14 @@ def read_frames(path: str, frame_index: np.ndarray, max_side: int | None = None)
         scale = max_side / max(info.width, info.height)
         w = int(round(info.width * scale / 2)) * 2
         h = int(round(info.height * scale / 2)) * 2
-    vr = _open(path, width=w, height=h, num_threads=1)
+    reader = _reader(path, w, h, 1)
     order = np.argsort(frame_index)
-    frames = _get_batch(vr, np.asarray(frame_index)[order])
+    try:
+        frames = _read(reader, np.asarray(frame_index)[order])
+    finally:
+        reader.close()
+    if len(frames) < len(order):
+        raise DecodeError(f"frames {sorted(frame_index)[len(frames):]} could not be decoded")
     out = np.empty_like(frames)
     out[order] = frames
     return out
