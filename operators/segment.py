@@ -106,15 +106,22 @@ def _hard_cut_candidates(
 
 
 def _gradual_candidates(
-    wdist: np.ndarray, threshold: float, prominence: float, window: int
+    wdist: np.ndarray,
+    dist: np.ndarray,
+    threshold: float,
+    prominence: float,
+    steadiness: float,
+    window: int,
 ) -> list[tuple[int, float]]:
-    """Local maxima of windowed distance that stand out from both sides.
+    """Local maxima of the windowed distance that start or end a steady stretch.
 
-    A peak at boundary ``b`` must be the maximum within ``window`` entries, clear
-    ``threshold``, and be ``prominence`` x the mean windowed distance ``window``..``2 window``
-    entries away on the higher of the two sides. A transition between two steady shots
-    peaks and falls back on both sides; steady camera motion keeps the windowed distance
-    flat, so it never stands out. Returns (boundary index b, strength) pairs.
+    A peak at boundary ``b`` must be the maximum within ``window`` entries and clear
+    ``threshold``. Then, on the calmer side (``window``..``2 window`` entries away), it
+    must be ``prominence`` x the windowed distance and ``steadiness`` x the mean adjacent
+    distance there. A transition joins shots that hold still for a moment at least on one
+    side (the other may be busy with motion), while inside fast motion both sides stay
+    busy and under steady camera motion the windowed distance is flat, so neither passes.
+    Returns (boundary index b, strength) pairs.
     """
     out: list[tuple[int, float]] = []
     n = len(wdist)
@@ -122,10 +129,13 @@ def _gradual_candidates(
         lo, hi = max(0, i - window), min(n, i + window + 1)
         if wdist[i] < np.max(wdist[lo:hi]):
             continue
-        left, right = _side_level(wdist, int(i), window + 1, window)
-        sides = [v for v in (left, right) if not np.isnan(v)]
-        side = max(sides) if sides else 0.0
-        if wdist[i] >= prominence * (side + 0.01):
+        levels = [v for v in _side_level(wdist, int(i), window + 1, window) if not np.isnan(v)]
+        busy = [v for v in _side_level(dist, int(i), window + 1, window) if not np.isnan(v)]
+        if not levels or not busy:
+            continue
+        if wdist[i] >= prominence * (min(levels) + 0.01) and wdist[i] >= steadiness * (
+            min(busy) + 0.005
+        ):
             out.append((int(i) + 1, float(wdist[i] / threshold)))
     return out
 
@@ -157,7 +167,8 @@ def detect_shots(
     window_s: float = 1.0,
     hard_ratio: float = 3.0,
     gradual_threshold: float | None = None,
-    gradual_prominence: float = 2.0,
+    gradual_prominence: float = 4.0,
+    steadiness: float = 20.0,
 ) -> np.ndarray:
     """Shot boundaries, hard cuts and soft transitions alike, from training-free features.
 
@@ -168,14 +179,19 @@ def detect_shots(
       AdaptiveDetector idea: fast motion and fades raise several in a row, a cut one);
     * soft transitions (dissolve, fade, wipe, pixelize, particle effects): the mean of a
       ``window_s`` window left of each boundary is compared with the mean of the window to
-      its right (the "window on either side" of TransNet-style and twin-comparison
-      detectors, Zhang et al. 1993); a peak that clears ``gradual_threshold`` and is
-      ``gradual_prominence`` x the level on both sides marks a transition at its middle.
-      Slow camera motion and people walking past a fixed camera raise the windowed
-      distance evenly and never form such a peak.
+      its right (the "window on either side" of twin-comparison detectors, Zhang et al.
+      1993, and TransNet-style models); a local peak that clears ``gradual_threshold`` and,
+      on the calmer side, is ``gradual_prominence`` x the windowed distance and
+      ``steadiness`` x the adjacent distance there, marks a transition at its middle.
+      Slow camera motion and people walking past a fixed camera keep the windowed
+      distance low and flat; fast motion keeps both sides busy. Neither fires.
 
-    Thresholds left ``None`` adapt to the video: median + 6 MADs of the distances, with
-    absolute floors (0.15 for hard cuts, 0.12 for the windowed distance).
+    Thresholds left ``None`` adapt to the video: hard cuts median + 6 MADs of the adjacent
+    distances (at least 0.15); soft transitions 2 x the median windowed distance (at least
+    0.2). Boundaries closer than ``min_shot_s`` to each other or to either end of the video
+    are suppressed (the stronger one is kept), so a fade-in from black is no boundary.
+    Defaults: window_s = 1.0, hard_ratio = 3, gradual_prominence = 4, steadiness = 20,
+    tuned on ../shared/videos and xfade transitions (benchmarks/quality.py).
 
     Takes ``features`` (n, D) float32 with L2-normalised rows and ``timestamps`` (n,)
     ascending seconds. Returns int64 shot START indices into the n frames: starts with 0
@@ -196,10 +212,12 @@ def detect_shots(
     grad_thr = (
         gradual_threshold
         if gradual_threshold is not None
-        else _robust_threshold(wdist, 6.0, 0.12)
+        else max(0.2, 2.0 * float(np.median(wdist)))
     )
     cands = _hard_cut_candidates(dist, hard_thr, hard_ratio, window)
-    cands += _gradual_candidates(wdist, grad_thr, gradual_prominence, window)
+    cands += _gradual_candidates(
+        wdist, dist, grad_thr, gradual_prominence, steadiness, window
+    )
     starts = [0] + _suppress(cands, ts, min_shot_s)
     return np.asarray(starts, dtype=np.int64)
 
@@ -230,3 +248,90 @@ def boundary_times(timestamps: np.ndarray, starts: np.ndarray) -> np.ndarray:
     st = np.asarray(starts, dtype=np.int64)
     st = st[st > 0]
     return 0.5 * (ts[st - 1] + ts[st])
+
+
+def _tiling_depths(sims: np.ndarray) -> np.ndarray:
+    """TextTiling depth of every gap: climb to the highest similarity on each side."""
+    depths = np.zeros(len(sims))
+    for g, value in enumerate(sims):
+        left = value
+        for v in sims[g::-1]:
+            if v < left:
+                break
+            left = v
+        right = value
+        for v in sims[g:]:
+            if v < right:
+                break
+            right = v
+        depths[g] = (left - value) + (right - value)
+    return depths
+
+
+def stitch_shots(
+    embeddings: np.ndarray, shot_starts: np.ndarray, similarity: float = 0.9
+) -> np.ndarray:
+    """Merge adjacent shots whose mean embeddings are alike (Panda-70M's stitching).
+
+    Takes ``embeddings`` (n, D) unit rows and shot start indices; a shot whose mean
+    embedding has cosine similarity >= ``similarity`` with the (stitched) shot before it
+    joins that shot. Returns the kept start indices (int64, first 0).
+    """
+    emb = np.asarray(embeddings, dtype=np.float32)
+    starts = np.asarray(shot_starts, dtype=np.int64)
+    if len(emb) == 0:
+        return np.zeros(0, dtype=np.int64)
+    ends = np.append(starts[1:], len(emb))
+    kept = [int(starts[0])]
+    current = emb[starts[0] : ends[0]].sum(axis=0)
+    for s, e in zip(starts[1:], ends[1:], strict=True):
+        block = emb[s:e].sum(axis=0)
+        a, b = _unit_rows(current), _unit_rows(block)
+        if float(a @ b) >= similarity:
+            current = current + block
+        else:
+            kept.append(int(s))
+            current = block
+    return np.asarray(kept, dtype=np.int64)
+
+
+def detect_scenes(
+    embeddings: np.ndarray,
+    shot_starts: np.ndarray,
+    *,
+    depth_threshold: float | None = None,
+    block: int = 2,
+    stitch_similarity: float = 0.9,
+) -> np.ndarray:
+    """Group shots into semantic scenes (TextTiling; VideoLLaMB's SceneTilling).
+
+    First stitches adjacent shots that look alike (``stitch_shots``, Panda-70M,
+    ``stitch_similarity`` = 0.9). Then, at every gap between shots, compares the mean
+    embedding of the ``block`` = 2 shots before it with the ``block`` shots after it,
+    and scores the gap's TextTiling depth (Hearst 1997): how far the similarity dips below
+    the nearest peaks on both sides. Gaps deeper than ``depth_threshold`` start a scene;
+    None adapts it: mean + 0.5 std of the depths, at least 0.1.
+
+    Takes ``embeddings`` (n, D) unit rows (semantic, e.g. CLIP) and shot start indices;
+    returns int64 scene start indices (a subset of the shot starts, first 0; empty when
+    n == 0).
+    """
+    emb = _unit_rows(embeddings)
+    n = len(emb)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    units = stitch_shots(emb, np.asarray(shot_starts, dtype=np.int64), stitch_similarity)
+    if len(units) < 2:
+        return units
+    ends = np.append(units[1:], n)
+    sums = np.stack([emb[s:e].sum(axis=0) for s, e in zip(units, ends, strict=True)])
+    sims = np.empty(len(units) - 1)
+    for g in range(1, len(units)):
+        left = _unit_rows(sums[max(0, g - block) : g].sum(axis=0))
+        right = _unit_rows(sums[g : g + block].sum(axis=0))
+        sims[g - 1] = float(left @ right)
+    depths = _tiling_depths(sims)
+    if depth_threshold is None:
+        depth_threshold = max(0.1, float(depths.mean() + 0.5 * depths.std()))
+    cut = np.flatnonzero(depths >= depth_threshold) + 1
+    return np.concatenate([[0], units[cut]]).astype(np.int64)

@@ -66,7 +66,7 @@ def test_hard_cuts_found_exactly() -> None:
 @pytest.mark.parametrize("blend", [3, 6])
 def test_gradual_transitions_found(blend: int) -> None:
     feats, truth = shot_video(
-        np.random.default_rng(1), [24, 20, 28, 22], noise=0.05, blend=blend
+        np.random.default_rng(1), [24, 20, 28, 22], noise=0.01, blend=blend
     )
     found = detect_shots(feats, _times(len(feats)))
     assert _matches(found, truth), (found, truth)
