@@ -115,10 +115,12 @@ class CurateConfig:
         if self.dedup_threshold is not None and not -1.0 <= self.dedup_threshold <= 1.0:
             raise ConfigError("--dedup-threshold is a cosine similarity in [-1, 1]")
         self.embed_concurrency = parse_concurrency(self.embed_concurrency)
-        from operators.select import method_names
+        from operators.select import QUERY_METHODS, method_names
 
         if self.method not in method_names():
             raise ConfigError(f"unknown --method {self.method!r}; choose one of {', '.join(method_names())}")
+        if self.method in QUERY_METHODS and not (self.query or self.query_image):
+            raise ConfigError(f"--method {self.method} needs --query TEXT or --query-image PATH")
         if self.query and self.embedder == "features":
             raise ConfigError("--query (text) needs --embedder clip; use --query-image with features")
         return self

@@ -321,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns the process exit code (0 when at least one video is
     done or everything was already done, 1 when none succeeded, 2 on bad usage)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     from operators.embed import WeightsError
 
     try:

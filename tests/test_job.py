@@ -250,3 +250,30 @@ def test_yaml_config_and_listing_file(tmp_path, ray_local):
     assert {r["source_uri"] for r in manifest} == {str(tmp_path / "a.mp4")}  # limit 1, sorted
     assert len(manifest) == 3 and all(r["image_uri"].endswith(".webp") for r in manifest)
     assert all(r["method"] == "kcenter" for r in manifest)
+
+
+def test_query_image_method_and_auto_budget(tmp_path, shared_videos, ray_local):
+    """--method aks with a query image finds the shot the image comes from; --k auto records
+    the budget it chose per video."""
+    from operators.decode import read_frames
+
+    video = tmp_path / "bbb.webm"
+    shutil.copy(shared_videos / "big_buck_bunny_0_30.webm", video)
+    frame = read_frames(str(video), np.array([int(19.3 * 24)]))[0]  # inside the 15.67-22.96 s shot
+    Image.fromarray(frame).save(tmp_path / "query.png")
+    out = tmp_path / "out"
+    argv = [str(video), str(out), "--embedder", "features", "--fps", "2", "--k", "4",
+            "--method", "aks", "--query-image", str(tmp_path / "query.png")]
+    assert curate.main(argv) == 0
+    times = [r["timestamp_s"] for r in read_table(Storage(), str(out), "manifest").to_pylist()]
+    assert any(15.67 <= t <= 22.96 for t in times), times
+
+    out_auto = tmp_path / "auto"
+    assert curate.main([str(video), str(out_auto), "--embedder", "features", "--fps", "2", "--k", "auto"]) == 0
+    row = read_table(Storage(), str(out_auto), "videos").to_pylist()[0]
+    assert 1 <= row["k"] <= 32 and row["frames_selected"] == row["k"]
+
+
+def test_query_method_without_query_is_a_usage_error(tmp_path):
+    res = _cli(str(tmp_path), str(tmp_path / "out"), "--method", "aks")
+    assert res.returncode == 2 and "--query" in res.stderr
