@@ -51,6 +51,7 @@ class EmbedderSpec:
     model: str = "ViT-B-32"
     pretrained: str | None = None
     checkpoint: str | None = None
+    weights: str | None = None  # what the user named (path or s3:// URI), resolved per node
 
     @property
     def name(self) -> str:
@@ -74,7 +75,35 @@ class Embedder(Protocol):
     def encode_text(self, texts: list[str]) -> np.ndarray: ...
 
 
+def _download_weights(uri: str) -> str:
+    """Copy a checkpoint from object storage into a per-node cache (once); returns the path."""
+    import hashlib
+
+    from operators.storage import Storage
+
+    cache = Path(os.environ.get("FRAMESIFT_CACHE", Path.home() / ".cache" / "framesift")) / "weights"
+    target = cache / hashlib.sha1(uri.encode()).hexdigest()[:16] / uri.rstrip("/").rsplit("/", 1)[-1]
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fs, path = Storage().fs_for(uri)
+        try:
+            if fs.isdir(path):
+                raise WeightsError(f"--weights {uri!r}: name the checkpoint file, not a prefix")
+            tmp = target.with_suffix(target.suffix + f".part{os.getpid()}")
+            fs.get_file(path, str(tmp))
+            os.replace(tmp, target)
+        except WeightsError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise WeightsError(f"cannot download CLIP weights from {uri!r}: {exc}") from exc
+    return str(target)
+
+
 def _checkpoint_in(path: str) -> str:
+    from operators.storage import is_remote
+
+    if is_remote(path):
+        return _download_weights(path)
     p = Path(path).expanduser()
     if p.is_file():
         return str(p)
@@ -163,6 +192,18 @@ def resolve_checkpoint(model: str, pretrained: str | None, weights: str | None) 
     return target
 
 
+def local_checkpoint(spec: EmbedderSpec) -> str | None:
+    """The checkpoint path to load on this node: the driver's resolved path when this node
+    has it, else resolved again here (the user's --weights file or s3:// URI, or the
+    pretrained tag through this node's Hugging Face cache), so that workers on other
+    machines than the driver find their own copy."""
+    if spec.checkpoint is None or os.path.isfile(spec.checkpoint):
+        return spec.checkpoint
+    if spec.weights:
+        return _checkpoint_in(spec.weights)
+    return resolve_checkpoint(spec.model, spec.pretrained, None)
+
+
 def resolve_embedder(
     requested: Literal["auto", "clip", "features"],
     model: str = "ViT-B-32",
@@ -183,10 +224,11 @@ def resolve_embedder(
         raise ValueError(f"unknown embedder {requested!r}; choose auto, clip or features")
     try:
         checkpoint = resolve_checkpoint(model, pretrained, weights)
-        tag = None if weights or os.environ.get(WEIGHTS_ENV) else pretrained
+        weights = weights or os.environ.get(WEIGHTS_ENV)
+        tag = None if weights else pretrained
         if tag and tag.lower() in RANDOM_TAGS:
             tag = "random"
-        spec = EmbedderSpec("clip", model, tag, checkpoint)
+        spec = EmbedderSpec("clip", model, tag, checkpoint, weights)
         if validate:
             ClipEmbedder(spec, device="cpu")  # a bad or mismatched file fails here, not later
         return spec
@@ -246,7 +288,7 @@ class ClipEmbedder:
         self.dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
         self.batch_size = batch_size
         self.name = spec.name
-        model = open_clip.create_model(spec.model, pretrained=spec.checkpoint, device="cpu")
+        model = open_clip.create_model(spec.model, pretrained=local_checkpoint(spec), device="cpu")
         model = model.eval().to(device=self.device, dtype=self.dtype)
         if self.device.startswith("cuda"):
             model = model.to(memory_format=torch.channels_last)

@@ -108,3 +108,28 @@ def test_auto_falls_back_to_features_loudly(monkeypatch, caplog):
     assert spec == EmbedderSpec("features")
     assert "features" in caplog.text and "--weights" in caplog.text
     assert isinstance(create_embedder(spec), FeatureEmbedder)
+
+
+def test_weights_from_object_storage_and_per_node_resolution(
+    tmp_path, random_clip, frames, s3fs_client, monkeypatch
+):
+    """An s3:// checkpoint is downloaded into the node's cache; a worker whose node lacks the
+    driver's resolved path resolves the user's --weights again (multi-node clusters)."""
+    from dataclasses import replace
+
+    from operators.embed import local_checkpoint
+
+    local = tmp_path / "w.pt"
+    torch.save(random_clip.model.state_dict(), local)
+    s3fs_client.mkdir("weights-bucket")
+    s3fs_client.put(str(local), "weights-bucket/clip/w.pt")
+    monkeypatch.setenv("FRAMESIFT_CACHE", str(tmp_path / "cache"))
+    spec = resolve_embedder("clip", weights="s3://weights-bucket/clip/w.pt")
+    assert spec.checkpoint.startswith(str(tmp_path / "cache")) and spec.name.endswith("file:w.pt")
+    elsewhere = replace(spec, checkpoint="/path/only/on/the/driver/w.pt")
+    again = local_checkpoint(elsewhere)
+    assert again == spec.checkpoint
+    assert np.allclose(create_embedder(elsewhere).encode_frames(frames[:2]),
+                       random_clip.encode_frames(frames[:2]), atol=1e-5)
+    with pytest.raises(WeightsError, match="cannot download"):
+        resolve_embedder("clip", weights="s3://weights-bucket/clip/missing.pt")
