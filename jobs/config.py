@@ -76,6 +76,11 @@ class CurateConfig:
     embed_concurrency: tuple[int, int] | int | None = field(
         default=None, metadata={"help": "embedding actors: N or MIN,MAX (default: by resources)"}
     )
+    embed_device: str = field(
+        default="auto",
+        metadata={"help": "auto (GPU actors when the cluster has GPUs at start), gpu (always one "
+                  "GPU per actor: lets the autoscaler add GPU nodes), or cpu"},
+    )
     s3_endpoint: str | None = field(
         default=None, metadata={"help": "endpoint URL of an S3-compatible store"}
     )
@@ -115,6 +120,8 @@ class CurateConfig:
         if self.dedup_threshold is not None and not -1.0 <= self.dedup_threshold <= 1.0:
             raise ConfigError("--dedup-threshold is a cosine similarity in [-1, 1]")
         self.embed_concurrency = parse_concurrency(self.embed_concurrency)
+        if self.embed_device not in ("auto", "gpu", "cpu"):
+            raise ConfigError(f"--embed-device must be auto, gpu or cpu, got {self.embed_device!r}")
         from operators.select import QUERY_METHODS, method_names
 
         if self.method not in method_names():

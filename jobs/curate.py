@@ -125,8 +125,8 @@ def _embed_resources(ray, cfg: CurateConfig) -> dict:
     gpus = int(resources.get("GPU", 0))
     cpus = int(resources.get("CPU", 1))
     conc = cfg.embed_concurrency
-    if gpus:
-        return {"num_gpus": 1, "num_cpus": 1, "concurrency": conc or (1, gpus), "threads": None}
+    if cfg.embed_device == "gpu" or (cfg.embed_device == "auto" and gpus):
+        return {"num_gpus": 1, "num_cpus": 1, "concurrency": conc or (1, max(1, gpus)), "threads": None}
     # On CPU the model is the bottleneck by ~10x: one actor reserves all but one core (a
     # core stays free for decode tasks) but runs torch on every core, since decoding needs
     # only a small share of it.
