@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from operators.vectors import unit_rows
+
 FEATURES_VERSION = "features-v1"
 _HUE, _SAT, _VAL = 8, 3, 3
 _ORIENT, _CELLS = 8, 2
@@ -45,11 +47,6 @@ def _pool(frames: np.ndarray, out: int) -> np.ndarray:
     for j in range(1, fw):
         acc += rows[:, :, j::fw]
     return acc.astype(np.float32) * (1.0 / (fh * fw))
-
-
-def _l2(x: np.ndarray) -> np.ndarray:
-    norm = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norm, 1e-8)
 
 
 def _hsv_hist(rgb: np.ndarray) -> np.ndarray:
@@ -105,8 +102,8 @@ def frame_features(frames: np.ndarray) -> np.ndarray:
     thumb = _pool(gray[..., None], _THUMB).reshape(n, -1)
     thumb = thumb - thumb.mean(axis=1, keepdims=True)
     parts = [
-        WEIGHTS["colour"] * _l2(_hsv_hist(small)),
-        WEIGHTS["edges"] * _l2(_edge_hist(gray)),
-        WEIGHTS["thumb"] * _l2(thumb),
+        WEIGHTS["colour"] * unit_rows(_hsv_hist(small)),
+        WEIGHTS["edges"] * unit_rows(_edge_hist(gray)),
+        WEIGHTS["thumb"] * unit_rows(thumb),
     ]
-    return _l2(np.concatenate(parts, axis=1)).astype(np.float32)
+    return unit_rows(np.concatenate(parts, axis=1)).astype(np.float32)

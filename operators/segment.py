@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-_EPS = 1e-8
+from operators.vectors import unit_rows
 
 
 def _frame_step(timestamps: np.ndarray) -> float:
@@ -19,13 +19,6 @@ def _frame_step(timestamps: np.ndarray) -> float:
         return 1.0
     step = float(np.median(np.diff(ts)))
     return step if step > 0 else 1.0
-
-
-def _unit_rows(x: np.ndarray) -> np.ndarray:
-    """Rows of ``x`` scaled to unit L2 norm (zero rows stay zero)."""
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.maximum(norms, _EPS)
 
 
 def _robust_threshold(values: np.ndarray, n_mads: float, floor: float) -> float:
@@ -43,7 +36,7 @@ def adjacent_distances(features: np.ndarray) -> np.ndarray:
     Takes ``features`` (n, D) with unit rows; returns (max(n-1, 0),) float64 where entry
     ``b - 1`` is the distance across the candidate boundary before frame ``b``.
     """
-    f = _unit_rows(features)
+    f = unit_rows(features)
     if len(f) < 2:
         return np.zeros(0, dtype=np.float64)
     return np.clip(1.0 - np.sum(f[1:] * f[:-1], axis=1, dtype=np.float64), 0.0, 2.0)
@@ -58,7 +51,7 @@ def window_distances(features: np.ndarray, window: int) -> np.ndarray:
     A gradual transition (dissolve, fade, wipe) that spans fewer than ``2 * window``
     frames shows up as a peak here even though no two neighbours differ much.
     """
-    f = _unit_rows(features).astype(np.float64)
+    f = unit_rows(features).astype(np.float64)
     n = len(f)
     if n < 2:
         return np.zeros(0, dtype=np.float64)
@@ -66,8 +59,8 @@ def window_distances(features: np.ndarray, window: int) -> np.ndarray:
     b = np.arange(1, n)
     lo = np.maximum(b - window, 0)
     hi = np.minimum(b + window, n)
-    left = _unit_rows((csum[b] - csum[lo]) / (b - lo)[:, None])
-    right = _unit_rows((csum[hi] - csum[b]) / (hi - b)[:, None])
+    left = unit_rows((csum[b] - csum[lo]) / (b - lo)[:, None])
+    right = unit_rows((csum[hi] - csum[b]) / (hi - b)[:, None])
     return np.clip(1.0 - np.sum(left * right, axis=1, dtype=np.float64), 0.0, 2.0)
 
 
@@ -286,7 +279,7 @@ def stitch_shots(
     current = emb[starts[0] : ends[0]].sum(axis=0)
     for s, e in zip(starts[1:], ends[1:], strict=True):
         block = emb[s:e].sum(axis=0)
-        a, b = _unit_rows(current), _unit_rows(block)
+        a, b = unit_rows(current), unit_rows(block)
         if float(a @ b) >= similarity:
             current = current + block
         else:
@@ -316,7 +309,7 @@ def detect_scenes(
     returns int64 scene start indices (a subset of the shot starts, first 0; empty when
     n == 0).
     """
-    emb = _unit_rows(embeddings)
+    emb = unit_rows(embeddings)
     n = len(emb)
     if n == 0:
         return np.zeros(0, dtype=np.int64)
@@ -327,8 +320,8 @@ def detect_scenes(
     sums = np.stack([emb[s:e].sum(axis=0) for s, e in zip(units, ends, strict=True)])
     sims = np.empty(len(units) - 1)
     for g in range(1, len(units)):
-        left = _unit_rows(sums[max(0, g - block) : g].sum(axis=0))
-        right = _unit_rows(sums[g : g + block].sum(axis=0))
+        left = unit_rows(sums[max(0, g - block) : g].sum(axis=0))
+        right = unit_rows(sums[g : g + block].sum(axis=0))
         sims[g - 1] = float(left @ right)
     depths = _tiling_depths(sims)
     if depth_threshold is None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 import faiss
 import numpy as np
 
-_EPS = 1e-8
+from operators.vectors import unit_rows
 
 
 @dataclass(frozen=True)
@@ -61,13 +61,6 @@ class Selection:
 # --------------------------------------------------------------------------- helpers
 
 
-def _unit_rows(x: np.ndarray) -> np.ndarray:
-    """Rows of ``x`` as float32 with unit L2 norm (zero rows stay zero)."""
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.maximum(norms, _EPS)
-
-
 def _selection(
     indices: np.ndarray | list[int],
     scores: np.ndarray | list[float],
@@ -107,7 +100,7 @@ def coverage(embeddings: np.ndarray, indices: np.ndarray) -> float:
     over all n frames of the best cosine similarity to a selected frame (0.0 when nothing
     is selected or n == 0).
     """
-    emb = _unit_rows(embeddings)
+    emb = unit_rows(embeddings)
     idx = np.asarray(indices, dtype=np.int64)
     if len(emb) == 0 or idx.size == 0:
         return 0.0
@@ -205,7 +198,7 @@ def select_kmeans(
     unused frame if two centroids share one). Scores: the share of frames in the
     frame's cluster; cluster_ids: the cluster.
     """
-    emb = _unit_rows(frames.embeddings)
+    emb = unit_rows(frames.embeddings)
     rng = np.random.default_rng(seed)
     km = None
     for _ in range(max(1, n_init)):
@@ -216,7 +209,7 @@ def select_kmeans(
         run.train(emb, init_centroids=_kmeanspp(emb, k, rng))
         if km is None or run.obj[-1] < km.obj[-1]:
             km = run
-    centroids = _unit_rows(km.centroids)
+    centroids = unit_rows(km.centroids)
     _, assign = km.index.search(emb, 1)
     assign = assign[:, 0]
     sizes = np.bincount(assign, minlength=k) / len(emb)
@@ -241,8 +234,8 @@ def select_kcenter(frames: VideoFrames, k: int, *, seed: int = 0) -> Selection:
     farthest (cosine distance) from everything kept. No parameters. Scores: the share
     of frames whose nearest kept frame it is; cluster_ids: -1.
     """
-    emb = _unit_rows(frames.embeddings)
-    first = int(np.argmax(emb @ _unit_rows(emb.mean(axis=0))))
+    emb = unit_rows(frames.embeddings)
+    first = int(np.argmax(emb @ unit_rows(emb.mean(axis=0))))
     picks, _ = _greedy_kcenter(emb, k, first)
     _, shares = _coverage_shares(emb, np.asarray(picks))
     return _selection(picks, shares, None, k)
@@ -268,7 +261,7 @@ def _pick_shots(emb: np.ndarray, ids: np.ndarray, shots: np.ndarray, k: int) -> 
     Distinctiveness is the cosine distance of a shot's mean embedding to the chosen shots'
     means; it is weighted by sqrt(length share) so one-frame flashes rarely win.
     """
-    means = _unit_rows(np.stack([emb[ids == s].mean(axis=0) for s in shots]))
+    means = unit_rows(np.stack([emb[ids == s].mean(axis=0) for s in shots]))
     lengths = np.array([(ids == s).sum() for s in shots], dtype=np.float64)
     weight = np.sqrt(lengths / lengths.sum())
     chosen = [int(np.argmax(lengths))]
@@ -293,7 +286,7 @@ def select_shots(frames: VideoFrames, k: int, *, seed: int = 0) -> Selection:
     """
     if frames.shot_ids is None:
         raise ValueError("method 'shots' needs frames.shot_ids (run segment.detect_shots)")
-    emb = _unit_rows(frames.embeddings)
+    emb = unit_rows(frames.embeddings)
     ids = np.asarray(frames.shot_ids, dtype=np.int64)
     shots = np.unique(ids)
     if k < len(shots):
@@ -304,7 +297,7 @@ def select_shots(frames: VideoFrames, k: int, *, seed: int = 0) -> Selection:
     for s, m in zip(shots, alloc, strict=True):
         members = np.flatnonzero(ids == s)
         sub = emb[members]
-        mean = _unit_rows(sub.mean(axis=0))
+        mean = unit_rows(sub.mean(axis=0))
         local, _ = _greedy_kcenter(sub, int(m), int(np.argmax(sub @ mean)))
         picks += [int(members[j]) for j in local]
         scores += [float(sub[j] @ mean) for j in local]
@@ -318,8 +311,8 @@ def _relevance(frames: VideoFrames, method: str) -> np.ndarray:
         raise ValueError(
             f"method {method!r} needs a query: set VideoFrames.query to a text or image embedding"
         )
-    emb = _unit_rows(frames.embeddings)
-    q = _unit_rows(np.asarray(frames.query, dtype=np.float32).reshape(-1))
+    emb = unit_rows(frames.embeddings)
+    q = unit_rows(np.asarray(frames.query, dtype=np.float32).reshape(-1))
     if q.shape[0] != emb.shape[1]:
         raise ValueError(f"query has dimension {q.shape[0]}, embeddings have {emb.shape[1]}")
     return (emb @ q).astype(np.float64)
@@ -354,7 +347,7 @@ def select_dpp(
     the picks for k are a prefix of those for k + 1. Scores: the conditional gain
     (log-determinant increase) at pick time; cluster_ids: -1.
     """
-    emb = _unit_rows(frames.embeddings)
+    emb = unit_rows(frames.embeddings)
     n = len(emb)
     if frames.query is not None:
         rel = _relevance(frames, "dpp")
@@ -392,7 +385,7 @@ def select_mmr(
     frame's centrality (mean similarity to all frames: how representative it is).
     Scores: the MMR value at pick time; cluster_ids: -1.
     """
-    emb = _unit_rows(frames.embeddings)
+    emb = unit_rows(frames.embeddings)
     rel = _relevance(frames, "mmr") if frames.query is not None else _centrality(emb)
     first = int(np.argmax(rel))
     picks, scores = [first], [float(lam * rel[first])]
@@ -555,7 +548,7 @@ def select_clips(
     (so at most k); scores: relevance (query) or similarity to the clip's seed;
     cluster_ids: the clip's position in time order.
     """
-    emb = _unit_rows(frames.embeddings)
+    emb = unit_rows(frames.embeddings)
     n = len(emb)
     ts = np.asarray(frames.timestamps, dtype=np.float64)
     step = float(np.median(np.diff(ts))) if n > 1 else 1.0
@@ -564,7 +557,7 @@ def select_clips(
     first_of, last_of = _shot_bounds(frames)
     covered = np.zeros(n, dtype=bool)
     best = np.full(n, -np.inf)
-    first = int(np.argmax(emb @ _unit_rows(emb.mean(axis=0))))
+    first = int(np.argmax(emb @ unit_rows(emb.mean(axis=0))))
     clips: list[tuple[int, int, int]] = []
     budget = k
     while budget > 0 and not covered.all():
@@ -663,7 +656,7 @@ def dedup(
     same k and clips and the surviving indices, scores and cluster_ids.
     """
     vecs = frames.features if frames.features is not None else frames.embeddings
-    vecs = _unit_rows(vecs)
+    vecs = unit_rows(vecs)
     keep: list[int] = []
     for pos, i in enumerate(selection.indices):
         if all(float(vecs[i] @ vecs[selection.indices[j]]) <= threshold for j in keep):
