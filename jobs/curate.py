@@ -138,19 +138,14 @@ def _query_vector(cfg: CurateConfig, embedder) -> np.ndarray | None:
     if cfg.query:
         return embedder.encode_text([cfg.query])[0]
     if cfg.query_image:
-        from PIL import Image
+        from operators.decode import DecodeError, image_for_model
 
-        from operators.decode import center_crop
-
-        size = embedder.image_size
         try:
-            img = Image.open(cfg.query_image).convert("RGB")
-        except Exception as exc:  # noqa: BLE001
+            with open(cfg.query_image, "rb") as f:
+                image = image_for_model(f.read(), embedder.image_size)
+        except (OSError, DecodeError) as exc:
             raise ConfigError(f"cannot read --query-image {cfg.query_image!r}: {exc}") from exc
-        scale = size / min(img.size)
-        img = img.resize((max(size, round(img.width * scale)), max(size, round(img.height * scale))))
-        arr = center_crop(np.asarray(img)[None], size)
-        return embedder.encode_frames(np.ascontiguousarray(arr))[0]
+        return embedder.encode_frames(image)[0]
     return None
 
 

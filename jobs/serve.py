@@ -20,7 +20,6 @@ import asyncio
 import base64
 import hmac
 import inspect
-import io
 import json
 import logging
 import math
@@ -50,8 +49,8 @@ from operators.decode import (
     DecodedVideo,
     DecodeError,
     VideoInfo,
-    center_crop,
     decode_video,
+    image_for_model,
     probe_video,
     read_frames,
     sample_indices,
@@ -348,19 +347,11 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 def _image_for_model(data: bytes, size: int) -> np.ndarray:
-    """Image bytes -> uint8 (1, size, size, 3): short side resized to `size`, centre crop
-    (the same geometry decode gives video frames)."""
-    from PIL import Image, UnidentifiedImageError
-
+    """Query-image bytes -> uint8 (1, size, size, 3); an unreadable image is a 422."""
     try:
-        img = Image.open(io.BytesIO(data))
-        img.load()
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise ServiceError(422, f"query_image is not a readable image: {exc}") from None
-    img = img.convert("RGB")
-    scale = size / min(img.size)
-    img = img.resize((max(size, round(img.width * scale)), max(size, round(img.height * scale))))
-    return np.ascontiguousarray(center_crop(np.asarray(img)[None], size))
+        return image_for_model(data, size)
+    except DecodeError as exc:
+        raise ServiceError(422, f"query_image is {exc}") from None
 
 
 def _frames_in(chunks: list[np.ndarray]) -> int:

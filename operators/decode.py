@@ -264,3 +264,22 @@ def read_frames(path: str, frame_index: np.ndarray, max_side: int | None = None)
     out = np.empty_like(frames)
     out[order] = frames
     return out
+
+
+def image_for_model(data: bytes, size: int) -> np.ndarray:
+    """Still-image bytes (JPEG, PNG, WebP ...) -> uint8 (1, size, size, 3) RGB with the same
+    geometry decode gives video frames (short side resized to `size`, centre crop), for
+    query images. Raises DecodeError when the bytes are not a readable image."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise DecodeError(f"not a readable image: {exc}") from None
+    img = img.convert("RGB")
+    scale = size / min(img.size)
+    img = img.resize((max(size, round(img.width * scale)), max(size, round(img.height * scale))))
+    return np.ascontiguousarray(center_crop(np.asarray(img)[None], size))
