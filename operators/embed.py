@@ -192,6 +192,23 @@ def resolve_checkpoint(model: str, pretrained: str | None, weights: str | None) 
     return target
 
 
+def check_checkpoint(model: str, checkpoint: str) -> None:
+    """Raise if `checkpoint` does not load into `model` with open_clip's own (strict)
+    loading rules. The model is built on the meta device, so this reads the file but
+    allocates and initialises no weights (~0.5 s instead of ~2 s for ViT-B-32)."""
+    import warnings
+
+    import open_clip
+    import torch
+    from open_clip.factory import load_checkpoint
+
+    with torch.device("meta"):
+        skeleton = open_clip.create_model(model, pretrained=None, device="meta")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "copying into a meta parameter is a no-op"
+        load_checkpoint(skeleton, checkpoint)
+
+
 def local_checkpoint(spec: EmbedderSpec) -> str | None:
     """The checkpoint path to load on this node: the driver's resolved path when this node
     has it, else resolved again here (the user's --weights file or s3:// URI, or the
@@ -229,8 +246,8 @@ def resolve_embedder(
         if tag and tag.lower() in RANDOM_TAGS:
             tag = "random"
         spec = EmbedderSpec("clip", model, tag, checkpoint, weights)
-        if validate:
-            ClipEmbedder(spec, device="cpu")  # a bad or mismatched file fails here, not later
+        if validate and checkpoint:
+            check_checkpoint(model, checkpoint)  # a bad or mismatched file fails here, not later
         return spec
     except WeightsError:
         if requested == "clip":
