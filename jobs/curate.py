@@ -200,9 +200,18 @@ def build_dataset(ray, cfg: CurateConfig, storage: Storage, todo: list, spec):
             batch_format="numpy",
             num_cpus=res["num_cpus"],
             num_gpus=res["num_gpus"],
-            concurrency=res["concurrency"],
+            compute=_actor_pool(res["concurrency"]),
         )
     return ds
+
+
+def _actor_pool(concurrency: int | tuple[int, int]):
+    """An ActorPoolStrategy of N actors, or autoscaling between (MIN, MAX)."""
+    import ray.data
+
+    if isinstance(concurrency, int):
+        return ray.data.ActorPoolStrategy(size=concurrency)
+    return ray.data.ActorPoolStrategy(min_size=concurrency[0], max_size=concurrency[1])
 
 
 def _model_size(spec) -> int:
