@@ -343,10 +343,6 @@ def test_limits_413_and_408(client, files, tmp_path):
     ],
 )
 def test_bad_json_requests_get_a_clear_4xx(client, files, body, status, needle):
-    from operators.select import method_names
-
-    if isinstance(body, dict) and body.get("method") == "query" and "query" not in method_names():
-        pytest.skip("no query method in operators.select yet")
     if isinstance(body, dict):
         names = {"SHOTS": str(files["shots"]), "CORRUPT": str(files["allowed"] / "corrupt.mp4")}
         body = json.dumps({k: names.get(v, v) if isinstance(v, str) else v for k, v in body.items()}).encode()
