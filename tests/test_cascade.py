@@ -6,16 +6,13 @@ import numpy as np
 
 from operators.cascade import redundancy_groups
 from operators.select import coverage
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+from tests.planted import unit
 
 
 def _shots(lengths: list[int], dim: int = 32, noise: float = 0.02, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     parts = [rng.normal(size=dim) + noise * rng.normal(size=(n, dim)) for n in lengths]
-    return _unit(np.concatenate(parts).astype(np.float32))
+    return unit(np.concatenate(parts).astype(np.float32))
 
 
 def test_static_shots_need_one_frame_each():
@@ -27,7 +24,7 @@ def test_static_shots_need_one_frame_each():
 
 
 def test_budget_is_never_exceeded_even_when_every_frame_differs():
-    feats = _unit(np.random.default_rng(1).normal(size=(64, 16)).astype(np.float32))
+    feats = unit(np.random.default_rng(1).normal(size=(64, 16)).astype(np.float32))
     reps, group_of = redundancy_groups(feats, max_ratio=0.25)
     assert len(reps) <= 16
     assert np.array_equal(np.sort(reps), reps) and len(np.unique(reps)) == len(reps)
@@ -39,7 +36,7 @@ def test_slow_drift_starts_new_groups():
     # a slow pan: every neighbour is similar, but the end is far from the start
     t = np.linspace(0, np.pi / 2, 60)[:, None]
     a, b = np.eye(8)[0], np.eye(8)[1]
-    feats = _unit((np.cos(t) * a + np.sin(t) * b).astype(np.float32))
+    feats = unit((np.cos(t) * a + np.sin(t) * b).astype(np.float32))
     reps, _ = redundancy_groups(feats, max_ratio=0.25)
     assert len(reps) >= 4
     assert coverage(feats, reps) > 0.97
@@ -55,5 +52,5 @@ def test_propagated_embeddings_keep_coverage():
 def test_empty_and_single_frame():
     reps, group_of = redundancy_groups(np.zeros((0, 4), np.float32))
     assert len(reps) == 0 and len(group_of) == 0
-    reps, group_of = redundancy_groups(_unit(np.ones((1, 4), np.float32)))
+    reps, group_of = redundancy_groups(unit(np.ones((1, 4), np.float32)))
     assert list(reps) == [0] and list(group_of) == [0]

@@ -16,7 +16,7 @@ from operators.select import (
     select_frames,
     shot_recall,
 )
-from tests.test_segment import random_directions, shot_video, unit
+from tests.planted import random_directions, shot_video, unit
 
 
 def clustered(
