@@ -692,7 +692,7 @@ class SelectService:
         if job.req.thumbnails:
             t = time.perf_counter()
             thumbs = await loop.run_in_executor(
-                self._pool, self._thumbnails, path, decoded.frame_index[sel.indices])
+                self._pool, self._thumbnails, path, decoded.frame_index[sel.indices], decoded.info)
             timings["thumbnails"] = time.perf_counter() - t
         return build_answer(job, decoded, capped, starts, sel, str(info["name"]), thumbs, timings)
 
@@ -765,9 +765,9 @@ class SelectService:
             return frame_features(image)[0]
         return (await self.embedder.embed_frames.remote(image, job.request_id))[0]
 
-    def _thumbnails(self, path: str, frame_index: np.ndarray) -> list[str]:
+    def _thumbnails(self, path: str, frame_index: np.ndarray, info: VideoInfo) -> list[str]:
         try:
-            pixels = read_frames(path, frame_index, self.cfg.thumbnail_max_side)
+            pixels = read_frames(path, frame_index, self.cfg.thumbnail_max_side, info=info)
         except DecodeError as exc:
             raise ServiceError(422, f"frames could not be read for thumbnails: {exc}") from None
         return [base64.b64encode(encode_image(p, "jpeg", self.cfg.thumbnail_quality)).decode("ascii")

@@ -165,9 +165,10 @@ class _SequentialReader:
 
 
 def _reader(path: str, width: int, height: int, num_threads: int):
-    vr = _open(path, width=width, height=height, num_threads=num_threads)
-    if seek_is_reliable(path, vr):
-        return _RandomAccessReader(vr)
+    if os.path.splitext(path)[1].lower() in SEEKABLE_CONTAINERS:
+        vr = _open(path, width=width, height=height, num_threads=num_threads)
+        if seek_is_reliable(path, vr):
+            return _RandomAccessReader(vr)
     return _SequentialReader(path, width, height)
 
 
@@ -242,12 +243,19 @@ def decode_video(
     )
 
 
-def read_frames(path: str, frame_index: np.ndarray, max_side: int | None = None) -> np.ndarray:
+def read_frames(
+    path: str,
+    frame_index: np.ndarray,
+    max_side: int | None = None,
+    *,
+    info: VideoInfo | None = None,
+) -> np.ndarray:
     """Read the given source frames at full resolution, or scaled so that the long side is
-    at most `max_side`. Returns uint8 (m, H, W, 3) RGB in the order given."""
+    at most `max_side` (`info`, when the caller has probed already, saves a second probe).
+    Returns uint8 (m, H, W, 3) RGB in the order given."""
     if len(frame_index) == 0:
         return np.zeros((0, 0, 0, 3), np.uint8)
-    info = probe_video(path)
+    info = info or probe_video(path)
     w, h = -1, -1
     if max_side and max(info.width, info.height) > max_side:
         scale = max_side / max(info.width, info.height)

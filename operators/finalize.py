@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from operators.decode import read_frames
+from operators.decode import VideoInfo, read_frames
 from operators.segment import detect_shots, shot_ids_from_starts
 from operators.select import Selection, VideoFrames, select_frames
 from operators.stages import STATUS_FAILED
@@ -213,7 +213,7 @@ def _write_outputs(
     shot_of = np.searchsorted(starts, sel.indices, side="right") - 1
     clip_of = _clip_windows(sel, ts)
     with local_copy(s.storage, uri) as path:
-        pixels = read_frames(path, p.frame_index[sel.indices], s.max_side)
+        pixels = read_frames(path, p.frame_index[sel.indices], s.max_side, info=_info(p.meta))
     rows = []
     order = np.argsort(-sel.scores, kind="stable")
     rank = np.empty(len(order), np.int32)
@@ -236,6 +236,15 @@ def _write_outputs(
     write_table(s.storage, s.output, "shots", vid, shots)
     write_table(s.storage, s.output, "manifest", vid, rows)
     return rows, shots
+
+
+def _info(meta: dict) -> VideoInfo:
+    """The probe the decode stage made, rebuilt from a payload's metadata."""
+    fps = float(meta["fps"])
+    return VideoInfo(
+        num_frames=int(round(float(meta["duration_s"]) * fps)), fps=fps,
+        duration_s=float(meta["duration_s"]), width=int(meta["width"]), height=int(meta["height"]),
+    )
 
 
 def _clip_windows(sel: Selection, ts: np.ndarray) -> list[tuple[float | None, float | None]]:
