@@ -58,6 +58,7 @@ from operators.decode import (
 from operators.embed import EmbedderSpec, create_embedder, resolve_embedder
 from operators.features import frame_features
 from operators.finalize import segment_and_select
+from operators.segment import shot_windows as segment_shot_windows
 from operators.select import METHODS, Selection, method_names
 from operators.storage import Storage, is_remote, local_copy
 from operators.write import encode_image
@@ -282,14 +283,10 @@ def _validation_message(exc: ValidationError) -> str:
 def shot_windows(starts: np.ndarray, ts: np.ndarray, duration_s: float) -> list[dict]:
     """Shots as time windows: each boundary halfway between the sampled frames around it
     (as the job's shots table)."""
-    ends = np.append(starts[1:], len(ts))
+    start_s, end_s = segment_shot_windows(ts, starts, duration_s)
     return [
-        {
-            "shot_index": i,
-            "start_s": 0.0 if i == 0 else float((ts[a - 1] + ts[a]) / 2),
-            "end_s": float(duration_s) if b >= len(ts) else float((ts[b - 1] + ts[b]) / 2),
-        }
-        for i, (a, b) in enumerate(zip(starts, ends, strict=True))
+        {"shot_index": i, "start_s": float(a), "end_s": float(b)}
+        for i, (a, b) in enumerate(zip(start_s, end_s, strict=True))
     ]
 
 

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 import numpy as np
 
 from operators.decode import VideoInfo, read_frames
-from operators.segment import detect_shots, shot_ids_from_starts
+from operators.segment import detect_shots, shot_ids_from_starts, shot_windows
 from operators.select import Selection, VideoFrames, select_frames
 from operators.stages import STATUS_FAILED
 from operators.storage import Storage, local_copy, write_bytes_atomic
@@ -200,15 +200,15 @@ def _write_outputs(
 ) -> tuple[list[dict], list[dict]]:
     vid, uri = p.meta["video_id"], p.meta["source_uri"]
     ts = p.timestamps
-    ends = np.append(starts[1:], len(ts))
+    sizes = np.diff(np.append(starts, len(ts)))
+    start_s, end_s = shot_windows(ts, starts, p.meta["duration_s"])
     shots = [
         {
             "video_id": vid, "source_uri": uri, "shot_index": i,
-            "start_s": 0.0 if i == 0 else float((ts[a - 1] + ts[a]) / 2),
-            "end_s": float(p.meta["duration_s"]) if b >= len(ts) else float((ts[b - 1] + ts[b]) / 2),
-            "start_frame_index": int(p.frame_index[a]), "num_sampled_frames": int(b - a),
+            "start_s": float(start_s[i]), "end_s": float(end_s[i]),
+            "start_frame_index": int(p.frame_index[a]), "num_sampled_frames": int(sizes[i]),
         }
-        for i, (a, b) in enumerate(zip(starts, ends, strict=True))
+        for i, a in enumerate(starts)
     ]
     shot_of = np.searchsorted(starts, sel.indices, side="right") - 1
     clip_of = _clip_windows(sel, ts)

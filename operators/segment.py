@@ -243,6 +243,21 @@ def boundary_times(timestamps: np.ndarray, starts: np.ndarray) -> np.ndarray:
     return 0.5 * (ts[st - 1] + ts[st])
 
 
+def shot_windows(
+    timestamps: np.ndarray, starts: np.ndarray, duration_s: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every shot as a time window.
+
+    Takes ``timestamps`` (n,), shot ``starts`` and the video's duration; returns (start_s,
+    end_s), two (len(starts),) float64 arrays: the first shot starts at 0, the last ends at
+    ``duration_s``, and the shots meet at ``boundary_times``.
+    """
+    if len(starts) == 0:
+        return np.zeros(0), np.zeros(0)
+    inner = boundary_times(timestamps, starts)
+    return np.append(0.0, inner), np.append(inner, float(duration_s))
+
+
 def _tiling_depths(sims: np.ndarray) -> np.ndarray:
     """TextTiling depth of every gap: climb to the highest similarity on each side."""
     depths = np.zeros(len(sims))

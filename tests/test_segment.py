@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from operators.segment import boundary_times, detect_shots, shot_ids_from_starts
+from operators.segment import boundary_times, detect_shots, shot_ids_from_starts, shot_windows
 from tests.planted import random_directions, shot_video, unit
 
 FPS = 4.0
@@ -78,3 +78,11 @@ def test_shot_ids_and_boundary_times() -> None:
     assert shot_ids_from_starts(0, starts).shape == (0,)
     np.testing.assert_allclose(boundary_times(_times(9), starts), [0.625, 1.625])
     assert boundary_times(_times(3), np.array([0])).shape == (0,)
+
+
+def test_shot_windows_tile_the_video() -> None:
+    ts = np.arange(10, dtype=np.float64)
+    start_s, end_s = shot_windows(ts, np.array([0, 4, 7]), 10.0)
+    np.testing.assert_allclose(start_s, [0.0, 3.5, 6.5])
+    np.testing.assert_allclose(end_s, [3.5, 6.5, 10.0])
+    assert shot_windows(np.zeros(0), np.zeros(0, np.int64), 0.0)[0].shape == (0,)
