@@ -120,11 +120,9 @@ def center_crop(frames: np.ndarray, size: int) -> np.ndarray:
 SEEKABLE_CONTAINERS = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm"})
 
 
-def seek_is_reliable(path: str, vr) -> bool:
-    """True when random access with decord returns the frames asked for: an indexed
-    container (SEEKABLE_CONTAINERS) whose frame timestamps are finite and non-decreasing."""
-    if os.path.splitext(path)[1].lower() not in SEEKABLE_CONTAINERS:
-        return False
+def timestamps_are_sane(vr) -> bool:
+    """True when decord's frame timestamps (first 64 frames) are finite, start at or after 0
+    and never go back: its seeks are then exact in an indexed container."""
     try:
         ts = vr.get_frame_timestamp(list(range(min(len(vr), 64))))[:, 0]
     except Exception:  # noqa: BLE001 - no usable index
@@ -165,9 +163,10 @@ class _SequentialReader:
 
 
 def _reader(path: str, width: int, height: int, num_threads: int):
+    """decord random access for indexed containers with sane timestamps, else PyAV in order."""
     if os.path.splitext(path)[1].lower() in SEEKABLE_CONTAINERS:
         vr = _open(path, width=width, height=height, num_threads=num_threads)
-        if seek_is_reliable(path, vr):
+        if timestamps_are_sane(vr):
             return _RandomAccessReader(vr)
     return _SequentialReader(path, width, height)
 
