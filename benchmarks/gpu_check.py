@@ -15,6 +15,9 @@ weights: the same compute as real ones). Measures:
   ``operators.decode.iter_chunks`` at 224x224 and each ``--fps``, on the real videos, plus
   the training-free features (``operators.features.frame_features``) the cascade computes
   on every sampled frame;
+* decode with N processes at once (``--procs``), one decoder thread each, over the same
+  videos: the aggregate rate shows whether per-core throughput holds when a node's cores all
+  decode (memory bandwidth, turbo clocks);
 * then: decode cores one GPU needs for the dense job (every sampled frame embedded) and for
   the cascade (a share ``--cascade-ratio`` of sampled frames embedded, features on all).
 
@@ -130,6 +133,30 @@ def decode_per_core(videos: list[str], fps: float, size: int) -> dict:
     }
 
 
+def _decode_share(job: tuple[list[str], float, int]) -> int:
+    videos, fps, size = job
+    n = 0
+    for path in videos:
+        for chunk in iter_chunks(path, fps, size, 64, info=probe_video(path), num_threads=1):
+            n += len(chunk.frames)
+    return n
+
+
+def decode_parallel(videos: list[str], fps: float, size: int, procs: int) -> dict:
+    """`procs` processes, one decoder thread each, every one decoding the whole video list:
+    aggregate sampled frames per second and the same per process."""
+    import multiprocessing as mp
+
+    with mp.get_context("spawn").Pool(procs) as pool:
+        pool.map(_decode_share, [([videos[0]], fps, size)] * procs)  # warm: imports, page cache
+        t0 = time.perf_counter()
+        counts = pool.map(_decode_share, [(videos, fps, size)] * procs)
+        wall = time.perf_counter() - t0
+    total = sum(counts)
+    return {"procs": procs, "fps": fps, "frames": total, "wall_s": wall,
+            "frames_per_s": total / wall, "frames_per_s_per_proc": total / wall / procs}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print the GPU and decode numbers and the decode cores one GPU needs."""
     p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__.split("\n\n")[0])
@@ -141,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--videos", help="folder of videos (default: ../shared/videos, else samples/videos)")
     p.add_argument("--min-footage", type=float, default=300.0,
                    help="decode the video list again until it holds this many seconds")
+    p.add_argument("--procs", default="",
+                   help="comma-separated process counts for the parallel decode check (e.g. 4,8,16)")
     p.add_argument("--cascade-ratio", type=float, default=0.25, help="share of frames the cascade embeds")
     p.add_argument("--json", help="also write the numbers to this JSON file")
     args = p.parse_args(argv)
@@ -179,9 +208,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  -> one GPU at {gpu:.0f} img/s (batch {best['batch']}) needs {dense:.1f} decode cores "
               f"(dense: every sampled frame embedded), {cascade:.1f} cores with the cascade "
               f"(decode + features on every frame, {args.cascade_ratio:.0%} embedded)")
+    parallel = []
+    for procs in [int(n) for n in args.procs.split(",") if n.strip()]:
+        for fps in [float(f) for f in args.fps.split(",") if f.strip()]:
+            r = decode_parallel(videos, fps, args.size, procs)
+            parallel.append(r)
+            print(f"  {procs:2d} processes at {fps:g} fps: {r['frames_per_s']:.0f} sampled frames/s "
+                  f"({r['frames_per_s_per_proc']:.1f} per process)", flush=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": device, "model": model, "decode": decode}, f, indent=2)
+            json.dump({"device": device, "model": model, "decode": decode, "parallel": parallel}, f, indent=2)
     return 0
 
 
