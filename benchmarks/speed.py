@@ -45,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jobs.config import CurateConfig
 from operators.decode import VideoInfo, iter_chunks, probe_video, sample_indices
 
 VIDEOS_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "videos"
@@ -489,7 +490,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fps", type=float, default=1.0, help="frames sampled per second")
     p.add_argument("--k", type=int, default=16, help="frames kept per video")
     p.add_argument("--method", default="kmeans", help="selection method of the jobs")
-    p.add_argument("--cascade-ratio", type=float, default=0.25, help="the cascade job's ratio")
+    p.add_argument("--cascade-ratio", type=float, default=CurateConfig.cascade_ratio,
+                   help="the cascade job's ratio (default: the job's)")
     p.add_argument("--batch-size", type=int, default=32, help="model batch (the job's default)")
     p.add_argument("--model-frames", type=int, default=128, help="frames timed for the model limit")
     p.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="cores the job can use")

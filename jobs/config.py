@@ -70,7 +70,9 @@ class CurateConfig:
                   "per group of near-duplicates found by the cheap features)"},
     )
     cascade_ratio: float = field(
-        default=0.25, metadata={"help": "cascade: at most this share of sampled frames is embedded"}
+        default=0.12,
+        metadata={"help": "cascade: at most this share of sampled frames is embedded, or k per "
+                  "video if more (the distinct candidates the selection needs)"},
     )
     embed_batch_size: int = field(default=32, metadata={"help": "frames per model batch"})
     embed_concurrency: tuple[int, int] | int | None = field(

@@ -30,22 +30,24 @@ def redundancy_groups(
     max_ratio: float = 0.25,
     max_similarity: float = 0.995,
     iterations: int = 14,
+    min_groups: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Group consecutive near-duplicate frames and pick one representative per group.
 
     Takes L2-normalised features (n, D) of consecutive sampled frames. Groups are temporal
     runs whose frames all stay within a cosine similarity `tau` of the run's first frame
     (so slow drift starts a new group, unlike adjacent-difference rules); `tau` is the
-    strictest value in [0, max_similarity] that yields at most ceil(max_ratio * n) groups
-    (found by bisection). A static video therefore gets far fewer groups than the cap.
-    The representative is the frame nearest its group's mean.
+    strictest value in [0, max_similarity] that yields at most
+    max(ceil(max_ratio * n), min_groups) groups (found by bisection). A static video
+    therefore gets far fewer groups than the cap. The representative is the frame nearest
+    its group's mean.
 
     Returns (representatives (m,) int64 ascending, group_of (n,) int64 index into them).
     """
     n = len(features)
     if n == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    budget = max(1, math.ceil(max_ratio * n))
+    budget = max(1, math.ceil(max_ratio * n), min(n, min_groups))
     starts = _segment(features, max_similarity)
     if len(starts) > budget:
         lo, hi = -1.0, max_similarity  # count(lo) <= budget < count(hi)

@@ -41,7 +41,11 @@ class DecodeStage:
     `fps`, compute training-free features, and emit one row per `chunk_frames` frames.
 
     With `keep_pixels` the rows carry the frames for the model; without it (the features
-    embedder) only the features travel on. Unreadable videos yield one failed row.
+    embedder) only the features travel on. With `cascade_ratio` the model sees one frame
+    per group of near-duplicates: at most that share of a chunk's frames or, if larger, the
+    chunk's share of `cascade_min` when the video has more sampled frames than that (the
+    distinct candidates the selection needs, e.g. k; a video of at most k frames is kept
+    whole whatever the model says). Unreadable videos yield one failed row.
     """
 
     def __init__(
@@ -54,6 +58,7 @@ class DecodeStage:
         max_frames: int | None = None,
         decode_threads: int = 1,
         cascade_ratio: float | None = None,
+        cascade_min: int = 0,
     ) -> None:
         self.storage = storage
         self.fps = fps
@@ -63,6 +68,7 @@ class DecodeStage:
         self.max_frames = max_frames
         self.decode_threads = decode_threads
         self.cascade_ratio = cascade_ratio
+        self.cascade_min = cascade_min
 
     def _row(self, src: dict, **values) -> dict[str, np.ndarray]:
         base = {
@@ -91,13 +97,14 @@ class DecodeStage:
         base.update(values)
         return _scalar_batch(base)
 
-    def _pixels_for_model(self, frames: np.ndarray, feats: np.ndarray) -> dict:
+    def _pixels_for_model(self, frames: np.ndarray, feats: np.ndarray, min_groups: int = 1) -> dict:
         """The frames the model must see: all of them, or with the cascade only one
         representative per group of near-duplicates (`group_of` maps every frame to its
-        representative's position in `frames`)."""
+        representative's position in `frames`); the cap on groups is the larger of the
+        cascade ratio's share and `min_groups`."""
         if self.cascade_ratio is None:
             return {"frames": frames, "group_of": np.arange(len(frames), dtype=np.int64)}
-        reps, group_of = redundancy_groups(feats, self.cascade_ratio)
+        reps, group_of = redundancy_groups(feats, self.cascade_ratio, min_groups=min_groups)
         return {"frames": np.ascontiguousarray(frames[reps]), "group_of": group_of, "n_embed": len(reps)}
 
     def _chunks(self, src: dict) -> Iterator[dict[str, np.ndarray]]:
@@ -134,7 +141,10 @@ class DecodeStage:
                         decode_s=t3 - t2, features_s=t4 - t3, n_embed=len(feats),
                     )
                     if self.keep_pixels:
-                        values.update(self._pixels_for_model(chunk.frames, feats))
+                        # this chunk's share of the candidates the method needs for the video
+                        need = self.cascade_min if n > self.cascade_min else 0
+                        floor = -(-need * len(feats) // max(n, 1))
+                        values.update(self._pixels_for_model(chunk.frames, feats, floor))
                     yield self._row(src, **values)
                     meta["download_s"] = 0.0
                     i += 1

@@ -32,6 +32,18 @@ def test_budget_is_never_exceeded_even_when_every_frame_differs():
     assert np.all(np.diff(group_of) >= 0)  # groups are temporal runs
 
 
+def test_min_groups_raises_the_cap_but_keeps_duplicates_together():
+    varied = unit(np.random.default_rng(2).normal(size=(64, 16)).astype(np.float32))
+    assert len(redundancy_groups(varied, max_ratio=0.1)[0]) <= 7
+    reps, _ = redundancy_groups(varied, max_ratio=0.1, min_groups=16)
+    assert 7 < len(reps) <= 16
+    # near-duplicates stay one group each: the floor is a cap, not a quota
+    static = _shots([32, 32], noise=0.001)
+    assert len(redundancy_groups(static, max_ratio=0.1, min_groups=16)[0]) == 2
+    # never more groups than frames
+    assert len(redundancy_groups(varied[:5], max_ratio=0.1, min_groups=16)[0]) <= 5
+
+
 def test_slow_drift_starts_new_groups():
     # a slow pan: every neighbour is similar, but the end is far from the start
     t = np.linspace(0, np.pi / 2, 60)[:, None]

@@ -185,6 +185,27 @@ def test_s3_to_s3_with_clip_weights_file(s3_endpoint, s3fs_client, shared_videos
     assert report["videos"]["skipped"] == 3
 
 
+def test_cascade_embeds_a_share_but_never_fewer_candidates_than_k(shared_videos, clip_weights, ray_local, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(shared_videos / "vtest.avi", src / "vtest.avi")  # 80 frames at 1 fps, people walking
+    common = [str(src), "--embedder", "clip", "--weights", str(clip_weights), "--fps", "1", "--k", "20"]
+    storage = Storage()
+
+    def embedded(out: str, *extra: str) -> tuple[int, int]:
+        assert curate.main([*common[:1], out, *common[1:], *extra]) == 0
+        (row,) = read_table(storage, out, "videos").to_pylist()
+        assert row["status"] == "done" and row["frames_selected"] == 20
+        return row["frames_embedded"], row["frames_sampled"]
+
+    dense, n = embedded(str(tmp_path / "dense"), "--dense")
+    assert dense == n == 80
+    # 5% of 80 frames would give 4 + 1 candidates (one cap per chunk of 64 and 16 frames);
+    # the cap rises to the chunks' shares of k = 20 (16 + 4), still far below dense
+    share, _ = embedded(str(tmp_path / "cascade"), "--cascade-ratio", "0.05")
+    assert 5 < share <= 20
+
+
 def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "jobs.curate", *args], capture_output=True, text=True, cwd=ROOT,
