@@ -350,7 +350,6 @@ def naive_baseline(corpus: list[CorpusVideo], spec, fps: float, k: int, threads:
 def run_job(corpus_dir: str, out: str, fps: float, k: int, method: str, weights: str,
             dense: bool, cascade_ratio: float, batch_size: int) -> tuple[dict, float]:
     """One whole ``jobs.curate.run(cfg)``, timed from the call to its return."""
-    from jobs.config import CurateConfig
     from jobs.curate import run
 
     cfg = CurateConfig(
@@ -370,7 +369,6 @@ def _job_threads(cores: int) -> int | None:
     try:
         import ray
 
-        from jobs.config import CurateConfig
         from jobs.curate import _embed_resources
 
         return _embed_resources(ray, CurateConfig()).get("threads")
