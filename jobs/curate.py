@@ -120,12 +120,17 @@ def _init_ray():
 
 
 def _embed_resources(ray, cfg: CurateConfig) -> dict:
-    """Actor-pool settings for the embedding stage, and the CPUs each decode task asks for:
-    one GPU per actor when the cluster has GPUs (autoscaling between 1 and their number;
-    decode tasks one CPU each), otherwise a CPU actor whose torch threads use every core."""
+    """embed_resources for the cluster Ray is connected to."""
     resources = ray.cluster_resources()
-    gpus = int(resources.get("GPU", 0))
-    cpus = int(resources.get("CPU", 1))
+    return embed_resources(int(resources.get("CPU", 1)), int(resources.get("GPU", 0)), cfg)
+
+
+def embed_resources(cpus: int, gpus: int, cfg: CurateConfig) -> dict:
+    """Actor-pool settings for the embedding stage on a cluster of `cpus` CPUs and `gpus`
+    GPUs, and the CPUs each decode task asks for: one GPU per actor when there are GPUs
+    (autoscaling between 1 and their number; decode tasks one CPU each), otherwise one CPU
+    actor whose torch threads use every core. Returns num_gpus, num_cpus, concurrency,
+    threads (None = the embedder's default) and decode_cpus."""
     conc = cfg.embed_concurrency
     if cfg.embed_device == "gpu" or (cfg.embed_device == "auto" and gpus):
         return {"num_gpus": 1, "num_cpus": 1, "concurrency": conc or (1, max(1, gpus)), "threads": None,
@@ -135,6 +140,7 @@ def _embed_resources(ray, cfg: CurateConfig) -> dict:
     # fill the time the model leaves, which with the cascade is most of it (measured on 2
     # cores, 16 min of long videos: cascade 20.3 -> 19.4 s with two decode tasks at once
     # instead of one; dense unchanged).
+    cpus = max(1, cpus)
     actor_cpus = max(1, cpus - 1) if cpus >= 2 else 0.5
     return {"num_gpus": 0, "num_cpus": actor_cpus, "concurrency": conc or 1, "threads": cpus,
             "decode_cpus": (cpus - actor_cpus) / max(2, cpus)}

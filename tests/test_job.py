@@ -298,3 +298,24 @@ def test_query_image_method_and_auto_budget(tmp_path, shared_videos, ray_local):
 def test_query_method_without_query_is_a_usage_error(tmp_path):
     res = _cli(str(tmp_path), str(tmp_path / "out"), "--method", "aks")
     assert res.returncode == 2 and "--query" in res.stderr
+
+
+@pytest.mark.parametrize("cpus", [1, 2, 16])
+def test_cpu_embedding_leaves_room_for_decode_and_finalize(cpus):
+    from jobs.config import CurateConfig
+
+    res = curate.embed_resources(cpus, 0, CurateConfig())
+    assert res["num_gpus"] == 0 and res["threads"] == cpus
+    # the actor, one decode task per core at most, and a finalize task (0.25 CPU) must fit,
+    # or Ray would never schedule decode beside the actor
+    spare = cpus - res["num_cpus"]
+    assert 0 < res["decode_cpus"] <= spare
+    assert spare / res["decode_cpus"] == max(2, cpus)  # decode tasks that can run at once
+    assert res["num_cpus"] + res["decode_cpus"] + 0.25 <= cpus
+
+
+def test_gpu_embedding_decodes_on_whole_cpus():
+    from jobs.config import CurateConfig
+
+    res = curate.embed_resources(16, 2, CurateConfig())
+    assert res["num_gpus"] == 1 and res["concurrency"] == (1, 2) and res["decode_cpus"] == 1.0
