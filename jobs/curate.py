@@ -33,7 +33,6 @@ from operators.write import read_table, write_report
 
 log = logging.getLogger("framesift")
 DECODE_TASK_MEMORY = 512 * 2**20
-AUTO_K_MAX = 32  # select_frames' default k_max for k="auto"
 
 
 class JobError(RuntimeError):
@@ -228,6 +227,8 @@ def cascade_candidates(k: int | str) -> int:
     """The fewest frames per video the cascade may cap its model calls at: k distinct
     candidates for a fixed k (fewer would force duplicate picks), the adaptive budget's
     upper bound for "auto"."""
+    from operators.select import AUTO_K_MAX
+
     return int(k) if k != "auto" else AUTO_K_MAX
 
 

@@ -59,7 +59,7 @@ from operators.embed import EmbedderSpec, create_embedder, resolve_embedder
 from operators.features import frame_features
 from operators.finalize import segment_and_select
 from operators.segment import shot_windows as segment_shot_windows
-from operators.select import METHODS, Selection, method_names
+from operators.select import AUTO_K_MAX, METHODS, Selection, method_names
 from operators.storage import Storage, is_remote, local_copy
 from operators.write import encode_image
 
@@ -263,7 +263,7 @@ def _validate_params(method: str, params: dict, k: int | str, cfg: ServeConfig) 
             raise ServiceError(422, f"parameter {key!r} must be a finite number, string or bool")
     out = dict(params)
     if k == "auto":
-        out.setdefault("k_max", min(32, cfg.k_max))
+        out.setdefault("k_max", min(AUTO_K_MAX, cfg.k_max))
         if not isinstance(out["k_max"], int) or not 1 <= out["k_max"] <= cfg.k_max:
             raise ServiceError(422, f"params.k_max must be an integer in 1..{cfg.k_max}")
     return out

@@ -705,6 +705,9 @@ def _auto_k(
     return run(lo)
 
 
+AUTO_K_MAX = 32  # k="auto": the largest budget unless the caller's k_max says otherwise
+
+
 def select_frames(
     method: str,
     frames: VideoFrames,
@@ -730,7 +733,7 @@ def select_frames(
     fn = METHODS[method]
     target = float(params.pop("coverage_target", 0.9))
     k_min = int(params.pop("k_min", 1))
-    k_max = int(params.pop("k_max", 32))
+    k_max = int(params.pop("k_max", AUTO_K_MAX))
     if method in QUERY_METHODS and frames.query is None:
         raise ValueError(
             f"method {method!r} needs a query: set VideoFrames.query to a text or image embedding"

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from jobs import curate
+from jobs.config import CurateConfig
 from operators.storage import Storage
 from operators.write import MANIFEST_SCHEMA, SHOTS_SCHEMA, VIDEOS_SCHEMA, read_table
 from tests.conftest import ROOT
@@ -302,8 +303,6 @@ def test_query_method_without_query_is_a_usage_error(tmp_path):
 
 @pytest.mark.parametrize("cpus", [1, 2, 16])
 def test_cpu_embedding_leaves_room_for_decode_and_finalize(cpus):
-    from jobs.config import CurateConfig
-
     res = curate.embed_resources(cpus, 0, CurateConfig())
     assert res["num_gpus"] == 0 and res["threads"] == cpus
     # the actor, one decode task per core at most, and a finalize task (0.25 CPU) must fit,
@@ -315,7 +314,5 @@ def test_cpu_embedding_leaves_room_for_decode_and_finalize(cpus):
 
 
 def test_gpu_embedding_decodes_on_whole_cpus():
-    from jobs.config import CurateConfig
-
     res = curate.embed_resources(16, 2, CurateConfig())
     assert res["num_gpus"] == 1 and res["concurrency"] == (1, 2) and res["decode_cpus"] == 1.0
