@@ -105,10 +105,27 @@ def _coerce(f: dataclasses.Field, value):
 # --------------------------------------------------------------------------- the run
 
 
-def _init_ray():
+def worker_pool_env(cpus: int, max_inflight_videos: int) -> dict[str, str]:
+    """Ray settings (environment variables read by the raylet) for a local Ray that the job
+    starts itself, for a node of `cpus` cores: the number of idle worker processes Ray keeps
+    instead of killing them after one second idle. Ray's default keeps one per core, which
+    the job's own actors (the embedder and Ray Data's bookkeeping actors) already exceed, so
+    every burst of decode or finalize tasks started new Python workers (measured on 2 cores:
+    7 worker starts in a 20 s run, each ~1 CPU-s of interpreter and imports). The job never
+    runs more than two decode tasks per core, `max_inflight_videos` finalize tasks and a
+    handful of actors at once, so that many are kept."""
+    return {"RAY_num_workers_soft_limit": str(2 * max(1, cpus) + max_inflight_videos + 4)}
+
+
+def _init_ray(cfg: CurateConfig | None = None):
     import ray
 
     if not ray.is_initialized():
+        # only a Ray started here reads these; an existing cluster keeps its own settings
+        # (set the same variables on its nodes: see cluster/README.md)
+        inflight = cfg.max_inflight_videos if cfg else CurateConfig().max_inflight_videos
+        for key, value in worker_pool_env(os.cpu_count() or 1, inflight).items():
+            os.environ.setdefault(key, value)
         ray.init(
             address=os.environ.get("RAY_ADDRESS") or None,
             logging_level=logging.WARNING,
@@ -270,7 +287,7 @@ def run(cfg: CurateConfig) -> dict:
     )
     rows: list[dict] = []
     if todo:
-        ray = _init_ray()
+        ray = _init_ray(cfg)
         # finalising is mostly I/O (read k frames, encode, write): a fractional CPU keeps it
         # running beside the streaming pipeline instead of queueing behind it
         finalize = ray.remote(num_cpus=0.25, max_retries=2)(finalize_video)

@@ -316,3 +316,17 @@ def test_cpu_embedding_leaves_room_for_decode_and_finalize(cpus):
 def test_gpu_embedding_decodes_on_whole_cpus():
     res = curate.embed_resources(16, 2, CurateConfig())
     assert res["num_gpus"] == 1 and res["concurrency"] == (1, 2) and res["decode_cpus"] == 1.0
+
+
+@pytest.mark.parametrize("cpus, gpus", [(1, 0), (2, 0), (16, 0), (16, 2)])
+def test_local_ray_keeps_an_idle_worker_for_everything_the_job_runs_at_once(cpus, gpus):
+    cfg = CurateConfig()
+    res = curate.embed_resources(cpus, gpus, cfg)
+    spare = cpus - (0 if gpus else res["num_cpus"])
+    decode_at_once = int(spare / res["decode_cpus"])
+    embed_actors = res["concurrency"] if isinstance(res["concurrency"], int) else res["concurrency"][1]
+    ray_data_actors = 3  # Ray Data's stats, autoscaling-coordinator and actor-location actors
+    env = curate.worker_pool_env(cpus, cfg.max_inflight_videos)
+    kept = int(env["RAY_num_workers_soft_limit"])
+    # below this Ray kills idle workers after a second and starts new ones for the next tasks
+    assert kept >= decode_at_once + cfg.max_inflight_videos + embed_actors + ray_data_actors
