@@ -204,6 +204,9 @@ def build_dataset(ray, cfg: CurateConfig, storage: Storage, todo: list, spec):
 
     use_clip = spec.kind == "clip"
     res = _embed_resources(ray, cfg) if use_clip else None
+    if res and not res["num_gpus"] and cfg.embed_dtype == "fp16":
+        raise ConfigError("--embed-dtype fp16 needs a GPU, and this cluster embeds on CPUs; "
+                          "use bf16, fp32 or auto")
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = False
     ds = ray.data.from_items([s.to_row() for s in todo], override_num_blocks=min(len(todo), 10_000))
@@ -230,6 +233,7 @@ def build_dataset(ray, cfg: CurateConfig, storage: Storage, todo: list, spec):
             EmbedStage,
             fn_constructor_kwargs={
                 "spec": spec, "batch_size": cfg.embed_batch_size, "num_threads": res["threads"],
+                "dtype": cfg.embed_dtype,
             },
             batch_size=max(1, cfg.embed_batch_size // cfg.chunk_frames) or 1,
             batch_format="numpy",
@@ -279,7 +283,9 @@ def run(cfg: CurateConfig) -> dict:
     log.info("embedder: %s; %d video(s) to process, %d already done", spec.name, len(todo), skipped)
     query = None
     if cfg.query or cfg.query_image:
-        query = _query_vector(cfg, create_embedder(spec, device="cpu"))
+        # on the driver's CPU: the job's precision, unless that is fp16 (GPU only)
+        dtype = "auto" if cfg.embed_dtype == "fp16" else cfg.embed_dtype
+        query = _query_vector(cfg, create_embedder(spec, device="cpu", dtype=dtype))
     settings = FinalizeSettings(
         storage=storage, output=cfg.output, method=cfg.method, k=cfg.k, embedder=spec.name,
         seed=cfg.seed, dedup_threshold=cfg.dedup_threshold, image_format=cfg.image_format,

@@ -404,9 +404,9 @@ class Embedder:
     (`max_batch_frames`, `batch_wait_s`), so they can change without a restart."""
 
     def __init__(self, spec: dict, max_batch_frames: int = 64, num_threads: int | None = None,
-                 chunk_frames: int = 16) -> None:
+                 chunk_frames: int = 16, dtype: str = "auto") -> None:
         self._model = create_embedder(EmbedderSpec(**spec), batch_size=max_batch_frames,
-                                      num_threads=num_threads)
+                                      num_threads=num_threads, dtype=dtype)
         self._chunk_frames = chunk_frames
         self._stats = {"batches": 0, "frames": 0, "busy_s": 0.0, "max_batch_frames": 0,
                        "max_batch_requests": 0}
@@ -809,7 +809,8 @@ def build_app(args: dict | None = None) -> serve.Application:
         options["user_config"] = {"max_batch_frames": cfg.embed_max_batch_frames,
                                   "batch_wait_s": cfg.embed_batch_wait_s}
         embedder = Embedder.options(**options).bind(
-            spec_dict, cfg.embed_max_batch_frames, cfg.embed_num_threads, cfg.embed_chunk_frames)
+            spec_dict, cfg.embed_max_batch_frames, cfg.embed_num_threads, cfg.embed_chunk_frames,
+            cfg.embed_dtype)
     ingress = SelectService.options(**_deployment_options(cfg.ingress, gpu_capable=False))
     return ingress.bind(cfg.to_dict(), spec_dict, embedder)
 

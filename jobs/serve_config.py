@@ -96,6 +96,9 @@ class ServeConfig:
     )
     embed_batch_wait_s: float = field(default=0.02, metadata={"help": "wait to fill a batch"})
     embed_num_threads: int | None = field(default=None, metadata={"help": "torch CPU threads"})
+    embed_dtype: str = field(
+        default="auto", metadata={"help": "CLIP precision: auto, fp32, bf16 or fp16 (as the job)"}
+    )
     ingress: dict = field(default_factory=_ingress_defaults, metadata={"help": "Serve options"})
     embedding: dict = field(default_factory=_embedding_defaults, metadata={"help": "Serve options"})
 
@@ -122,6 +125,10 @@ class ServeConfig:
             raise ConfigError("thumbnail_quality must be in 1..100")
         if self.embed_max_batch_frames < self.embed_chunk_frames:
             raise ConfigError("embed_max_batch_frames must be >= embed_chunk_frames")
+        from operators.embed import EMBED_DTYPES
+
+        if self.embed_dtype not in EMBED_DTYPES:
+            raise ConfigError(f"embed_dtype must be one of {', '.join(EMBED_DTYPES)}, got {self.embed_dtype!r}")
         if self.embed_batch_wait_s < 0:
             raise ConfigError("embed_batch_wait_s must be >= 0")
         self.allowed_prefixes = [normalise_prefix(p) for p in self.allowed_prefixes]

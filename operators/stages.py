@@ -168,10 +168,11 @@ class EmbedStage:
     frame) and `embed_s`, and without the pixels. A stateful actor: the model loads once per actor, on its GPU
     when it has one."""
 
-    def __init__(self, spec, batch_size: int = 32, num_threads: int | None = None) -> None:
+    def __init__(self, spec, batch_size: int = 32, num_threads: int | None = None,
+                 dtype: str = "auto") -> None:
         from operators.embed import create_embedder
 
-        self.embedder = create_embedder(spec, batch_size=batch_size, num_threads=num_threads)
+        self.embedder = create_embedder(spec, batch_size=batch_size, num_threads=num_threads, dtype=dtype)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Embed every row's frames in one model pass (rows concatenated, then split back)."""

@@ -14,6 +14,7 @@ from operators.embed import (
     FeatureEmbedder,
     WeightsError,
     create_embedder,
+    embed_dtype,
     resolve_embedder,
 )
 
@@ -44,6 +45,39 @@ def test_batching_does_not_change_results(random_clip, frames):
     finally:
         random_clip.batch_size = 4
     assert np.allclose(one_batch, per_frame, atol=1e-4)
+
+
+ZEN4 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n"
+HASWELL = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n"
+GRAVITON3 = "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n"
+
+
+def test_precision_follows_the_hardware():
+    assert embed_dtype("auto", "cuda:0", HASWELL) == "fp16"
+    assert embed_dtype("auto", "cpu", ZEN4) == "bf16"
+    assert embed_dtype("auto", "cpu", GRAVITON3) == "bf16"
+    assert embed_dtype("auto", "cpu", HASWELL) == "fp32"  # bf16 would be emulated: slower
+    assert embed_dtype("auto", "cpu", "") == "fp32"
+    assert embed_dtype("fp32", "cpu", ZEN4) == "fp32" and embed_dtype("bf16", "cpu", HASWELL) == "bf16"
+    with pytest.raises(ValueError, match="GPU"):
+        embed_dtype("fp16", "cpu", ZEN4)
+    with pytest.raises(ValueError, match="fp32"):
+        embed_dtype("half", "cpu", ZEN4)
+
+
+def test_bf16_embeddings_match_fp32(random_clip, frames, tmp_path):
+    path = tmp_path / "w.pt"
+    torch.save({k: v.float() for k, v in random_clip.model.state_dict().items()}, path)
+    spec = resolve_embedder("clip", weights=str(path))
+    fp32 = ClipEmbedder(spec, device="cpu", batch_size=4, dtype="fp32")
+    bf16 = ClipEmbedder(spec, device="cpu", batch_size=4, dtype="bf16")
+    assert fp32.model.visual.conv1.weight.dtype == torch.float32
+    assert bf16.model.visual.conv1.weight.dtype == torch.bfloat16
+    a, b = fp32.encode_frames(frames), bf16.encode_frames(frames)
+    assert b.dtype == np.float32 and np.allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-4)
+    assert np.min(np.sum(a * b, axis=1)) > 0.999
+    texts = ["a dog on a beach", "a city at night"]
+    assert np.min(np.sum(fp32.encode_text(texts) * bf16.encode_text(texts), axis=1)) > 0.999
 
 
 def test_text_and_image_towers_share_a_space(random_clip):

@@ -330,3 +330,15 @@ def test_local_ray_keeps_an_idle_worker_for_everything_the_job_runs_at_once(cpus
     kept = int(env["RAY_num_workers_soft_limit"])
     # below this Ray kills idle workers after a second and starts new ones for the next tasks
     assert kept >= decode_at_once + cfg.max_inflight_videos + embed_actors + ray_data_actors
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--embed-dtype", "half"], "--embed-dtype must be one of auto, fp32, bf16, fp16"),
+    (["--embed-dtype", "fp16", "--embed-device", "cpu"], "fp16 needs GPU embedding"),
+])
+def test_bad_embedding_precision_is_a_usage_error(tmp_path, flags, message):
+    from jobs.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        curate.config_from_args([str(tmp_path), str(tmp_path / "out"), *flags])
+    assert curate.config_from_args([str(tmp_path), str(tmp_path / "o"), "--embed-dtype", "bf16"]).embed_dtype == "bf16"

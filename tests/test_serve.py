@@ -161,6 +161,8 @@ def test_config_rejects_network_prefixes_and_unknown_keys():
         ServeConfig.from_dict({"max_upload_mb": 3})
     with pytest.raises(ConfigError):
         ServeConfig.from_dict({"embedding": {"num_replica": 2}}).validate()
+    with pytest.raises(ConfigError, match="embed_dtype"):
+        ServeConfig.from_dict({"embed_dtype": "float16"}).validate()
 
 
 def test_cluster_serve_yaml_is_a_valid_serve_and_service_config(monkeypatch):
