@@ -266,15 +266,16 @@ def decode_limit(corpus: list[CorpusVideo], fps: float, processes: int) -> tuple
         return n, time.perf_counter() - t0
 
 
-def model_limit(spec, threads: int, batch_size: int, frames: int) -> float:
+def model_limit(spec, threads: int, batch_size: int, frames: int, dtype: str = "auto") -> float:
     """Frames per second of the CLIP image tower alone on random uint8 frames, at
-    `batch_size` with `threads` torch threads (one warm-up batch not timed)."""
+    `batch_size` with `threads` torch threads in precision `dtype` (one warm-up batch not
+    timed)."""
     import torch
 
     from operators.embed import ClipEmbedder
 
     previous = torch.get_num_threads()
-    emb = ClipEmbedder(spec, device="cpu", batch_size=batch_size, num_threads=threads)
+    emb = ClipEmbedder(spec, device="cpu", batch_size=batch_size, num_threads=threads, dtype=dtype)
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (max(batch_size, frames), SIZE, SIZE, 3), dtype=np.uint8)
     emb.encode_frames(x[:batch_size])
@@ -313,7 +314,7 @@ class NaiveResult:
 
 
 def naive_baseline(corpus: list[CorpusVideo], spec, fps: float, k: int, threads: int,
-                   batch_size: int) -> NaiveResult:
+                   batch_size: int, dtype: str = "auto") -> NaiveResult:
     """A plain per-video loop with no Ray: decode every sampled frame at model size, embed
     every one with CLIP, run faiss k-means (``select_frames("kmeans")``). The timed part is
     model load + decode + embed + k-means; the training-free features kept for the quality
@@ -325,7 +326,7 @@ def naive_baseline(corpus: list[CorpusVideo], spec, fps: float, k: int, threads:
 
     res = NaiveResult()
     t0 = time.perf_counter()
-    emb = ClipEmbedder(spec, device="cpu", batch_size=batch_size, num_threads=threads)
+    emb = ClipEmbedder(spec, device="cpu", batch_size=batch_size, num_threads=threads, dtype=dtype)
     res.load_s = time.perf_counter() - t0
     timed = res.load_s
     for v in corpus:
@@ -348,13 +349,14 @@ def naive_baseline(corpus: list[CorpusVideo], spec, fps: float, k: int, threads:
 
 
 def run_job(corpus_dir: str, out: str, fps: float, k: int, method: str, weights: str,
-            dense: bool, cascade_ratio: float, batch_size: int) -> tuple[dict, float]:
+            dense: bool, cascade_ratio: float, batch_size: int, dtype: str = "auto") -> tuple[dict, float]:
     """One whole ``jobs.curate.run(cfg)``, timed from the call to its return."""
     from jobs.curate import run
 
     cfg = CurateConfig(
         input=corpus_dir, output=out, fps=fps, k=k, method=method, embedder="clip",
         weights=weights, dense=dense, cascade_ratio=cascade_ratio, embed_batch_size=batch_size,
+        embed_dtype=dtype,
     ).validate()
     t0 = time.perf_counter()
     report = run(cfg)
@@ -491,6 +493,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cascade-ratio", type=float, default=CurateConfig.cascade_ratio,
                    help="the cascade job's ratio (default: the job's)")
     p.add_argument("--batch-size", type=int, default=32, help="model batch (the job's default)")
+    p.add_argument("--embed-dtype", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="CLIP precision of every row (default: the job's, bf16 on CPUs with "
+                   "native bf16, else fp32)")
     p.add_argument("--model-frames", type=int, default=128, help="frames timed for the model limit")
     p.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="cores the job can use")
     p.add_argument("--long-minutes", type=float, default=None,
@@ -552,13 +557,13 @@ def main(argv: list[str] | None = None) -> int:
         spec = resolve_embedder("clip", MODEL, None, weights)
         quiet()
         with CpuMeter() as meters["model_a"]:
-            model_fps_a = model_limit(spec, cores, args.batch_size, args.model_frames)
+            model_fps_a = model_limit(spec, cores, args.batch_size, args.model_frames, args.embed_dtype)
         say(f"model: {model_fps_a:.2f} frames/s at batch {args.batch_size}, {cores} threads")
 
         # 3. naive baseline
         quiet()
         with CpuMeter() as meters["naive"]:
-            naive = naive_baseline(corpus, spec, args.fps, args.k, cores, args.batch_size)
+            naive = naive_baseline(corpus, spec, args.fps, args.k, cores, args.batch_size, args.embed_dtype)
         say(f"naive: {naive.wall_s:.1f} s")
 
         # Ray is started once, and a one-video warm-up job run, before any job is timed
@@ -571,12 +576,13 @@ def main(argv: list[str] | None = None) -> int:
         job_threads = _job_threads(cores)
         model_fps_job = None
         if job_threads and job_threads != cores:
-            model_fps_job = model_limit(spec, job_threads, args.batch_size, max(32, args.model_frames // 2))
+            model_fps_job = model_limit(spec, job_threads, args.batch_size, max(32, args.model_frames // 2),
+                                        args.embed_dtype)
             say(f"model at the job actor's {job_threads} thread(s): {model_fps_job:.2f} frames/s")
         shortest = min(corpus, key=lambda v: v.info.duration_s)
         t0 = time.perf_counter()
         run_job(shortest.path, str(work / "warmup"), args.fps, args.k, args.method, weights, True,
-                args.cascade_ratio, args.batch_size)
+                args.cascade_ratio, args.batch_size, args.embed_dtype)
         say(f"warm-up job ({os.path.basename(shortest.path)}): {time.perf_counter() - t0:.1f} s (not counted)")
 
         # 4. and 5. the job, dense then cascade
@@ -584,12 +590,12 @@ def main(argv: list[str] | None = None) -> int:
         quiet()
         with CpuMeter() as meters["dense"]:
             rep_d, t_d = run_job(str(corpus_dir), dense_out, args.fps, args.k, args.method, weights, True,
-                                 args.cascade_ratio, args.batch_size)
+                                 args.cascade_ratio, args.batch_size, args.embed_dtype)
         say(f"dense job: {t_d:.1f} s")
         quiet()
         with CpuMeter() as meters["cascade"]:
             rep_c, t_c = run_job(str(corpus_dir), casc_out, args.fps, args.k, args.method, weights, False,
-                                 args.cascade_ratio, args.batch_size)
+                                 args.cascade_ratio, args.batch_size, args.embed_dtype)
         say(f"cascade job: {t_c:.1f} s")
         import ray
 
@@ -599,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
         # the limits again, after the jobs: the better of the two measurements is the limit
         quiet()
         with CpuMeter() as meters["model_b"]:
-            model_fps_b = model_limit(spec, cores, args.batch_size, args.model_frames)
+            model_fps_b = model_limit(spec, cores, args.batch_size, args.model_frames, args.embed_dtype)
         quiet()
         with CpuMeter() as meters["decodeN_b"]:
             _, t_decn_b = decode_limit(corpus, args.fps, cores)
@@ -647,10 +653,13 @@ def main(argv: list[str] | None = None) -> int:
         (f"dense job >= 0.8 of binding limit: {rows[4]['x_bind']:.2f}", rows[4]["x_bind"] >= 0.8),
     ]
     m = q["mean"]
+    from operators.embed import embed_dtype
+
+    precision = embed_dtype(args.embed_dtype, "cpu")
     out = [
         f"framesift speed benchmark: {len(corpus)} files (copies of {len({v.source for v in corpus})} "
         f"real videos), {video_s:.1f} s of video, fps {args.fps}, {sampled} sampled frames, {cores} cores, "
-        f"{MODEL} random weights fp32, method {args.method} k={args.k}",
+        f"{MODEL} random weights {precision}, method {args.method} k={args.k}",
         "",
         render_table(rows),
         "",

@@ -78,6 +78,10 @@ def test_bf16_embeddings_match_fp32(random_clip, frames, tmp_path):
     assert np.min(np.sum(a * b, axis=1)) > 0.999
     texts = ["a dog on a beach", "a city at night"]
     assert np.min(np.sum(fp32.encode_text(texts) * bf16.encode_text(texts), axis=1)) > 0.999
+    # building from a checkpoint skips the random initialisation, and puts torch's back after
+    t = torch.ones(3)
+    torch.nn.init.zeros_(t)
+    assert not t.any()
 
 
 def test_text_and_image_towers_share_a_space(random_clip):
