@@ -3,6 +3,8 @@
     python -m benchmarks.speed                # ~10 minutes of real footage (all six videos, repeated)
     python -m benchmarks.speed --quick        # smoke version, ~3 minutes of footage
     python -m benchmarks.speed --long-minutes 2.5  # long-video layout: each video looped
+    python -m benchmarks.speed --embed-dtype fp32  # CLIP in fp32 (default: the job's, bf16
+                                                   # on CPUs with native bf16)
 
 Everything is measured in one run, on the same corpus: the real videos in
 ``../shared/videos`` copied into a temporary folder under distinct names (so every copy
@@ -11,7 +13,7 @@ gets its own video id) until the corpus holds at least ``--minutes`` of footage.
 1. decode limit: decord alone (``operators.decode.iter_chunks``, model-sized frames at
    ``--fps``), no Ray: one process, and a pool of N = cores processes;
 2. model limit: the open_clip image tower alone (``operators.embed.ClipEmbedder``) on random
-   uint8 frames at the job's batch size, torch threads = cores;
+   uint8 frames at the job's batch size and precision, torch threads = cores;
 3. naive baseline: a plain per-video loop, no Ray (decode every sampled frame, embed every
    one, faiss k-means);
 4. the framesift job, dense (``--dense``): ``jobs.curate.run(cfg)`` timed whole;
