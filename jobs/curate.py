@@ -318,7 +318,7 @@ def run(cfg: CurateConfig) -> dict:
         for chunk in ds.iter_rows():
             payload = assembler.add(chunk)
             if payload is not None:
-                inflight.append(finalize.remote(payload, settings_ref))
+                inflight.append(finalize.options(**_finalize_placement(payload)).remote(payload, settings_ref))
                 drain(cfg.max_inflight_videos)
         drain(0)
         if assembler.pending:
@@ -326,6 +326,16 @@ def run(cfg: CurateConfig) -> dict:
     report = make_report(cfg, spec.name, rows, skipped, time.time() - started)
     write_report(storage, cfg.output, report)
     return report
+
+
+def _finalize_placement(payload) -> dict:
+    """Ray options that run a video's finalize on the node that decoded it, which holds the
+    source it downloaded (soft: anywhere else when that node is gone or full)."""
+    if not payload.node_id:
+        return {}
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(payload.node_id, soft=True)}
 
 
 def make_report(cfg: CurateConfig, embedder: str, rows: list[dict], skipped: int, wall: float) -> dict:

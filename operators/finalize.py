@@ -16,8 +16,9 @@ import numpy as np
 from operators.decode import VideoInfo, read_frames
 from operators.segment import detect_shots, shot_ids_from_starts, shot_windows
 from operators.select import Selection, VideoFrames, select_frames
+from operators.source_cache import discard, source_file
 from operators.stages import STATUS_FAILED
-from operators.storage import Storage, local_copy, write_bytes_atomic
+from operators.storage import Storage, write_bytes_atomic
 from operators.write import encode_image, frame_uri, write_table
 
 _META = ("video_id", "source_uri", "size_bytes", "duration_s", "fps", "width", "height")
@@ -35,6 +36,7 @@ class VideoPayload:
     embeddings: np.ndarray
     times: dict = field(default_factory=dict)  # seconds per stage, and frames_embedded
     error: str = ""
+    node_id: str = ""  # the Ray node that decoded it and caches its source ("" = none)
 
 
 class VideoAssembler:
@@ -75,9 +77,10 @@ class VideoAssembler:
 
 def _payload(first: dict, parts: list[dict], error: str = "") -> VideoPayload:
     meta = {k: first.get(k) for k in _META}
+    node_id = str(first.get("node_id") or "")
     if not parts:
         empty = np.zeros(0)
-        return VideoPayload(meta, empty.astype(np.int64), empty, empty, empty, {}, error)
+        return VideoPayload(meta, empty.astype(np.int64), empty, empty, empty, {}, error, node_id)
     feats = np.concatenate([np.asarray(p["features"], np.float32) for p in parts])
     if "embedding" in parts[0]:
         emb = np.concatenate([np.asarray(p["embedding"], np.float32) for p in parts])
@@ -92,6 +95,7 @@ def _payload(first: dict, parts: list[dict], error: str = "") -> VideoPayload:
         feats,
         emb,
         times,
+        node_id=node_id,
     )
 
 
@@ -172,6 +176,7 @@ def finalize_video(p: VideoPayload, s: FinalizeSettings) -> dict:
     """
     vid = p.meta["video_id"]
     if p.error:
+        discard(vid, p.meta["source_uri"])  # a copy the decode stage may have left
         row = _video_row(p, s, "failed")
         write_table(s.storage, s.output, "videos", vid, [row])
         return row
@@ -189,6 +194,7 @@ def finalize_video(p: VideoPayload, s: FinalizeSettings) -> dict:
             select_s=t1 - t0, write_s=t2 - t1,
         )
     except Exception as exc:  # noqa: BLE001 - recorded, the job goes on
+        discard(vid, p.meta["source_uri"])
         p.error = f"{type(exc).__name__}: {exc}"
         row = _video_row(p, s, "failed")
     write_table(s.storage, s.output, "videos", vid, [row])
@@ -212,7 +218,8 @@ def _write_outputs(
     ]
     shot_of = np.searchsorted(starts, sel.indices, side="right") - 1
     clip_of = _clip_windows(sel, ts)
-    with local_copy(s.storage, uri) as path:
+    # the decode stage's copy when this runs on its node, else downloaded again
+    with source_file(s.storage, uri, vid, keep=False) as path:
         pixels = read_frames(path, p.frame_index[sel.indices], s.max_side, info=_info(p.meta))
     rows = []
     order = np.argsort(-sel.scores, kind="stable")

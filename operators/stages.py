@@ -18,7 +18,8 @@ import numpy as np
 from operators.cascade import redundancy_groups
 from operators.decode import DecodeError, iter_chunks, probe_video, sample_indices
 from operators.features import FEATURE_DIM, frame_features
-from operators.storage import Storage, local_copy
+from operators.source_cache import current_node_id, source_file
+from operators.storage import Storage, is_remote
 
 STATUS_OK, STATUS_FAILED = "ok", "failed"
 
@@ -69,6 +70,7 @@ class DecodeStage:
         self.decode_threads = decode_threads
         self.cascade_ratio = cascade_ratio
         self.cascade_min = cascade_min
+        self._node_id = ""  # set per video, in the worker that decodes it
 
     def _row(self, src: dict, **values) -> dict[str, np.ndarray]:
         base = {
@@ -90,6 +92,8 @@ class DecodeStage:
             "timestamps": np.zeros(0, np.float64),
             "features": np.zeros((0, FEATURE_DIM), np.float32),
             "n_embed": 0,
+            # the node holding the cached source, where finalize should run ("" = anywhere)
+            "node_id": self._node_id,
         }
         if self.keep_pixels:
             base["frames"] = np.zeros((0, self.size, self.size, 3), np.uint8)
@@ -108,12 +112,14 @@ class DecodeStage:
         return {"frames": np.ascontiguousarray(frames[reps]), "group_of": group_of, "n_embed": len(reps)}
 
     def _chunks(self, src: dict) -> Iterator[dict[str, np.ndarray]]:
+        self._node_id = current_node_id() if is_remote(str(src["source_uri"])) else ""
         if isinstance(src.get("error"), str) and src["error"]:
             yield self._row(src, status=STATUS_FAILED, error=src["error"])
             return
         t0 = time.perf_counter()
         try:
-            with local_copy(self.storage, src["source_uri"]) as path:
+            # a source in object storage stays on this node's disk for finalize to read again
+            with source_file(self.storage, str(src["source_uri"]), str(src["video_id"]), keep=True) as path:
                 t1 = time.perf_counter()
                 info = probe_video(path)
                 n = len(sample_indices(info, self.fps, self.max_frames))

@@ -178,6 +178,13 @@ def test_s3_to_s3_with_clip_weights_file(s3_endpoint, s3fs_client, shared_videos
         assert abs(np.linalg.norm(row["embedding"]) - 1) < 1e-2
         assert row["image_uri"].startswith(out + "/frames/")
         assert s3fs_client.exists(row["image_uri"])
+    # each video was downloaded once, by its decode task; finalize read that copy (on this,
+    # the only node) and removed it, and the failed video's copy went at once
+    from operators.source_cache import cache_dir
+
+    ids = {r["video_id"] for r in videos.values()}
+    left = os.listdir(cache_dir()) if os.path.isdir(cache_dir()) else []
+    assert [n for n in left if n.split(".")[0] in ids] == []
     # the re-run against S3 is a no-op too
     keys = sorted(s3fs_client.find("framesift-out/run1/videos"))
     assert curate.main(argv) == 0

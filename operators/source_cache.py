@@ -1,0 +1,146 @@
+"""Node-local copies of source videos from object storage, shared by a video's two reads.
+
+The job reads every video twice: the decode stage samples it, and finalize reads the k
+selected frames again at full resolution. For a video in object storage each read used to
+download the whole object. Now the decode stage leaves its download in a cache folder on
+its node; finalize, which the driver schedules on that node when it still can, reads it
+from there and removes it. A finalize that runs elsewhere, or finds the copy evicted,
+downloads again, so the cache only ever saves work. Local files are read in place.
+
+The folder is FRAMESIFT_SOURCE_CACHE (default: <tmp>/framesift-sources) and holds at most
+FRAMESIFT_SOURCE_CACHE_GB gigabytes (default 20; 0 turns the cache off): the oldest copies
+are evicted first, and copies left by a killed run are evicted after a day.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+
+from operators.storage import Storage, is_remote, local_copy, local_path
+
+CACHE_ENV = "FRAMESIFT_SOURCE_CACHE"
+CACHE_GB_ENV = "FRAMESIFT_SOURCE_CACHE_GB"
+DEFAULT_CACHE_GB = 20.0
+MAX_AGE_S = 24 * 3600
+_PARTIAL = ".partial-"
+
+
+def cache_dir() -> str:
+    """The cache folder of this node (created on first use)."""
+    return os.environ.get(CACHE_ENV) or os.path.join(tempfile.gettempdir(), "framesift-sources")
+
+
+def cache_limit_bytes() -> int:
+    """The most bytes the cache may hold; 0 when caching is off."""
+    try:
+        gb = float(os.environ.get(CACHE_GB_ENV, DEFAULT_CACHE_GB))
+    except ValueError:
+        gb = DEFAULT_CACHE_GB
+    return max(0, int(gb * 2**30))
+
+
+def cache_path(video_id: str, uri: str) -> str:
+    """Where this node keeps its copy of video `video_id` (the source's extension kept, as
+    some demuxers go by it)."""
+    return os.path.join(cache_dir(), video_id + os.path.splitext(uri)[1].lower())
+
+
+def evict(limit_bytes: int, incoming: int = 0, now: float | None = None) -> list[str]:
+    """Remove cached copies, oldest first, until the cache holds at most `limit_bytes` with
+    `incoming` more bytes; also any copy (or unfinished download) older than a day.
+    Returns the paths removed."""
+    folder = cache_dir()
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return []
+    now = time.time() if now is None else now
+    entries = []
+    for name in names:
+        path = os.path.join(folder, name)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            continue
+        entries.append((st.st_mtime, st.st_size, path))
+    entries.sort()
+    total = sum(size for _, size, _ in entries)
+    removed = []
+    for mtime, size, path in entries:
+        if total + incoming <= limit_bytes and now - mtime <= MAX_AGE_S:
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+            removed.append(path)
+        total -= size
+    return removed
+
+
+def _download(storage: Storage, uri: str, target: str) -> None:
+    fs, path = storage.fs_for(uri)
+    size = int(fs.size(path) or 0)
+    evict(cache_limit_bytes(), incoming=size)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    partial = f"{target}{_PARTIAL}{uuid.uuid4().hex}"
+    try:
+        fs.get_file(path, partial)
+        os.replace(partial, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(partial)
+
+
+@contextlib.contextmanager
+def source_file(storage: Storage, uri: str, video_id: str, keep: bool) -> Iterator[str]:
+    """Yield a local path holding the source video `uri`.
+
+    Local files: the file itself. Object storage: this node's cached copy, downloaded into
+    the cache first when it is not there. With `keep` the copy stays for a later reader (the
+    decode stage keeps it for finalize); without it the copy is removed on leaving (finalize,
+    the last reader). The copy is also removed when the block raises: a video that failed
+    will not be read again. With the cache off (FRAMESIFT_SOURCE_CACHE_GB=0) every read
+    downloads to a temporary file, as before.
+    """
+    if not is_remote(uri):
+        yield os.path.abspath(local_path(uri))
+        return
+    if cache_limit_bytes() == 0:
+        with local_copy(storage, uri) as path:
+            yield path
+        return
+    target = cache_path(video_id, uri)
+    if os.path.exists(target):
+        os.utime(target)  # recently used: evicted last
+    else:
+        _download(storage, uri, target)
+    try:
+        yield target
+    except BaseException:
+        discard(video_id, uri)
+        raise
+    if not keep:
+        discard(video_id, uri)
+
+
+def discard(video_id: str, uri: str) -> None:
+    """Remove this node's cached copy of a video, if any (its last reader is done)."""
+    if uri and is_remote(uri):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(cache_path(video_id, uri))
+
+
+def current_node_id() -> str:
+    """The Ray node this process runs on, or "" outside Ray."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001 - no Ray, or an old one: no node preference then
+        pass
+    return ""

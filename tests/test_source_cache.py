@@ -1,0 +1,124 @@
+"""A video in object storage is downloaded once: the decode stage's copy serves finalize.
+
+Runs the decode stage and finalize as plain functions (no Ray) against the loopback S3
+server; the copies live in a per-test cache folder.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+from operators import source_cache
+from operators.finalize import FinalizeSettings, VideoAssembler, finalize_video
+from operators.sources import list_inputs
+from operators.stages import DecodeStage
+from operators.storage import Storage
+from operators.write import read_table
+from tests.conftest import SAMPLE_VIDEOS
+
+
+@pytest.fixture()
+def cache(tmp_path, monkeypatch):
+    folder = tmp_path / "cache"
+    monkeypatch.setenv(source_cache.CACHE_ENV, str(folder))
+    monkeypatch.delenv(source_cache.CACHE_GB_ENV, raising=False)
+    return folder
+
+
+@pytest.fixture()
+def bucket(s3fs_client):
+    name = f"cache-{uuid.uuid4().hex[:8]}"
+    s3fs_client.mkdir(name)
+    return name
+
+
+def _decode(storage: Storage, uri_prefix: str) -> tuple[list, list[dict]]:
+    """List and decode every video under the prefix; (sources, chunk rows as dicts)."""
+    sources = list_inputs(storage, uri_prefix)
+    stage = DecodeStage(storage, fps=2.0, keep_pixels=False)
+    rows = []
+    for src in sources:
+        batch = {k: np.array([v], dtype=object) for k, v in src.to_row().items()}
+        for out in stage(batch):
+            rows.append({k: v[0] for k, v in out.items()})
+    return sources, rows
+
+
+def _finalize(storage: Storage, rows: list[dict], out: str) -> list[dict]:
+    settings = FinalizeSettings(storage=storage, output=out, method="uniform", k=3, embedder="features-v1")
+    assembler, done = VideoAssembler(), []
+    for row in rows:
+        payload = assembler.add(row)
+        if payload is not None:
+            done.append(finalize_video(payload, settings))
+    return done
+
+
+def test_finalize_reads_the_decode_stages_copy_not_the_bucket(s3_endpoint, s3fs_client, bucket, cache, tmp_path):
+    storage = Storage(endpoint_url=s3_endpoint)
+    s3fs_client.put(str(SAMPLE_VIDEOS / "cityCC0.mpg"), f"{bucket}/v/city.mpg")
+    sources, rows = _decode(storage, f"s3://{bucket}/v")
+    assert [p.name for p in cache.iterdir()] == [sources[0].video_id + ".mpg"]
+    # gone from the bucket: finalize can only succeed from the copy on this node
+    s3fs_client.rm(f"{bucket}/v/city.mpg")
+    (row,) = _finalize(storage, rows, str(tmp_path / "out"))
+    assert row["status"] == "done", row["error"]
+    manifest = read_table(Storage(), str(tmp_path / "out"), "manifest").to_pylist()
+    assert len(manifest) == 3 and all(os.path.getsize(m["image_uri"]) > 0 for m in manifest)
+    assert list(cache.iterdir()) == []  # the last reader removed it
+
+
+def test_finalize_downloads_again_when_the_copy_is_gone(s3_endpoint, s3fs_client, bucket, cache, tmp_path):
+    storage = Storage(endpoint_url=s3_endpoint)
+    s3fs_client.put(str(SAMPLE_VIDEOS / "cityCC0.mpg"), f"{bucket}/v/city.mpg")
+    _, rows = _decode(storage, f"s3://{bucket}/v")
+    for p in cache.iterdir():  # evicted, or finalize landed on another node
+        p.unlink()
+    (row,) = _finalize(storage, rows, str(tmp_path / "out"))
+    assert row["status"] == "done", row["error"]
+    assert list(cache.iterdir()) == []
+
+
+def test_a_video_that_fails_leaves_no_copy(s3_endpoint, s3fs_client, bucket, cache, tmp_path):
+    storage = Storage(endpoint_url=s3_endpoint)
+    s3fs_client.pipe(f"{bucket}/v/broken.mp4", b"\x00\x00\x00\x18ftypmp42" + os.urandom(4000))
+    _, rows = _decode(storage, f"s3://{bucket}/v")
+    assert [r["status"] for r in rows] == ["failed"]
+    assert list(cache.iterdir()) == []
+    (row,) = _finalize(storage, rows, str(tmp_path / "out"))
+    assert row["status"] == "failed" and row["error"]
+
+
+def test_local_sources_are_read_in_place(cache):
+    path = str(SAMPLE_VIDEOS / "cityCC0.mpg")
+    with source_cache.source_file(Storage(), path, "anything", keep=True) as local:
+        assert local == path
+    assert not cache.exists()
+
+
+def test_cache_off_downloads_to_a_temporary_file(s3_endpoint, s3fs_client, bucket, cache, monkeypatch):
+    monkeypatch.setenv(source_cache.CACHE_GB_ENV, "0")
+    s3fs_client.put(str(SAMPLE_VIDEOS / "cityCC0.mpg"), f"{bucket}/v/city.mpg")
+    uri = f"s3://{bucket}/v/city.mpg"
+    with source_cache.source_file(Storage(endpoint_url=s3_endpoint), uri, "vid", keep=True) as local:
+        assert os.path.getsize(local) == s3fs_client.size(f"{bucket}/v/city.mpg")
+    assert not os.path.exists(local) and not cache.exists()
+
+
+def test_eviction_removes_the_oldest_copies_and_stale_ones(cache):
+    cache.mkdir()
+    now = time.time()
+    for name, age in (("old.mp4", 300), ("mid.mp4", 200), ("new.mp4", 100), ("stale.mp4", 2 * 86400)):
+        (cache / name).write_bytes(b"x" * 1000)
+        os.utime(cache / name, (now - age, now - age))
+    removed = source_cache.evict(limit_bytes=2500, incoming=500, now=now)
+    # 4000 bytes + 500 incoming must fit in 2500: the stale copy goes whatever the room,
+    # then the oldest ones until the rest fits (2000 + 500)
+    assert sorted(os.path.basename(p) for p in removed) == ["old.mp4", "stale.mp4"]
+    assert sorted(p.name for p in cache.iterdir()) == ["mid.mp4", "new.mp4"]
+    assert source_cache.evict(limit_bytes=10_000, now=now) == []
