@@ -120,3 +120,24 @@ def test_sampled_frames_are_the_frames_asked_for(shared_videos, name):
     got = read_frames(path, np.array(want))
     for j, i in enumerate(want):
         assert np.abs(got[j].astype(int) - truth[i]).mean() < 2.0, (name, i)
+
+
+def test_dense_sampling_decodes_in_order_and_sparse_sampling_seeks(shared_videos):
+    """Sampling one frame per GOP or more often decodes every frame anyway, so it runs in
+    order with PyAV (cheaper: only kept frames are scaled); sparser sampling seeks with
+    decord. Both return the same frames."""
+    from operators.decode import _RandomAccessReader, _reader, _SequentialReader, model_geometry
+
+    path = str(shared_videos / "big_buck_bunny_0_30.webm")  # 24 fps, keyframes ~93 frames apart
+    info = probe_video(path)
+    w, h = model_geometry(info, 224)
+    assert isinstance(_reader(path, w, h, 1, step=24), _SequentialReader)
+    assert isinstance(_reader(path, w, h, 1, step=240), _RandomAccessReader)
+    dense = decode_video(path, fps=1.0)  # every 24th frame: in order
+    sparse = decode_video(path, fps=0.1)  # every 240th: seeks
+    common = np.intersect1d(dense.frame_index, sparse.frame_index)
+    assert len(common) == 3
+    a = dense.frames[np.searchsorted(dense.frame_index, common)].astype(int)
+    b = sparse.frames[np.searchsorted(sparse.frame_index, common)].astype(int)
+    assert np.abs(a - b).mean() < 3.0  # the same frames (two resamplers)
+    assert np.abs(a - np.roll(b, 1, axis=0)).mean() > 10.0  # where other frames differ a lot
