@@ -27,6 +27,7 @@ CACHE_ENV = "FRAMESIFT_SOURCE_CACHE"
 CACHE_GB_ENV = "FRAMESIFT_SOURCE_CACHE_GB"
 DEFAULT_CACHE_GB = 20.0
 MAX_AGE_S = 24 * 3600
+MIN_AGE_S = 60.0  # a copy used this recently is being read: never evicted for room
 _PARTIAL = ".partial-"
 
 
@@ -52,7 +53,8 @@ def cache_path(video_id: str, uri: str) -> str:
 
 def evict(limit_bytes: int, incoming: int = 0, now: float | None = None) -> list[str]:
     """Remove cached copies, oldest first, until the cache holds at most `limit_bytes` with
-    `incoming` more bytes; also any copy (or unfinished download) older than a day.
+    `incoming` more bytes; also any copy (or unfinished download) older than a day. Copies
+    used in the last minute are kept even over the limit: a reader has just claimed them.
     Returns the paths removed."""
     folder = cache_dir()
     try:
@@ -72,7 +74,8 @@ def evict(limit_bytes: int, incoming: int = 0, now: float | None = None) -> list
     total = sum(size for _, size, _ in entries)
     removed = []
     for mtime, size, path in entries:
-        if total + incoming <= limit_bytes and now - mtime <= MAX_AGE_S:
+        stale = now - mtime > MAX_AGE_S
+        if not stale and (total + incoming <= limit_bytes or now - mtime < MIN_AGE_S):
             continue
         with contextlib.suppress(FileNotFoundError):
             os.remove(path)
@@ -114,9 +117,9 @@ def source_file(storage: Storage, uri: str, video_id: str, keep: bool) -> Iterat
             yield path
         return
     target = cache_path(video_id, uri)
-    if os.path.exists(target):
-        os.utime(target)  # recently used: evicted last
-    else:
+    try:
+        os.utime(target)  # claimed: kept for a minute, then evicted last
+    except FileNotFoundError:
         _download(storage, uri, target)
     try:
         yield target

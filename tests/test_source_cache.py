@@ -122,3 +122,9 @@ def test_eviction_removes_the_oldest_copies_and_stale_ones(cache):
     assert sorted(os.path.basename(p) for p in removed) == ["old.mp4", "stale.mp4"]
     assert sorted(p.name for p in cache.iterdir()) == ["mid.mp4", "new.mp4"]
     assert source_cache.evict(limit_bytes=10_000, now=now) == []
+    # a copy claimed by a reader in the last minute stays, even over the limit
+    (cache / "claimed.mp4").write_bytes(b"x" * 1000)
+    os.utime(cache / "claimed.mp4", (now - 5, now - 5))
+    removed = source_cache.evict(limit_bytes=0, now=now)
+    assert sorted(os.path.basename(p) for p in removed) == ["mid.mp4", "new.mp4"]
+    assert [p.name for p in cache.iterdir()] == ["claimed.mp4"]
