@@ -9,7 +9,8 @@ downloads again, so the cache only ever saves work. Local files are read in plac
 
 The folder is FRAMESIFT_SOURCE_CACHE (default: <tmp>/framesift-sources) and holds at most
 FRAMESIFT_SOURCE_CACHE_GB gigabytes (default 20; 0 turns the cache off): the oldest copies
-are evicted first, and copies left by a killed run are evicted after a day.
+are evicted first, never one a reader claimed in the last minute, and copies left by a
+killed run are evicted after a day.
 """
 
 from __future__ import annotations
