@@ -10,7 +10,7 @@ Everything is measured in one run, on the same corpus: the real videos in
 ``../shared/videos`` copied into a temporary folder under distinct names (so every copy
 gets its own video id) until the corpus holds at least ``--minutes`` of footage. Rows:
 
-1. decode limit: decord alone (``operators.decode.iter_chunks``, model-sized frames at
+1. decode limit: the project's decoder alone (``operators.decode.iter_chunks``, model-sized frames at
    ``--fps``), no Ray: one process, and a pool of N = cores processes;
 2. model limit: the open_clip image tower alone (``operators.embed.ClipEmbedder``) on random
    uint8 frames at the job's batch size and precision, torch threads = cores;

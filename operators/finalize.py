@@ -80,7 +80,7 @@ def _payload(first: dict, parts: list[dict], error: str = "") -> VideoPayload:
     node_id = str(first.get("node_id") or "")
     if not parts:
         empty = np.zeros(0)
-        return VideoPayload(meta, empty.astype(np.int64), empty, empty, empty, {}, error, node_id)
+        return VideoPayload(meta, empty.astype(np.int64), empty, empty, empty, {}, error, node_id=node_id)
     feats = np.concatenate([np.asarray(p["features"], np.float32) for p in parts])
     if "embedding" in parts[0]:
         emb = np.concatenate([np.asarray(p["embedding"], np.float32) for p in parts])
