@@ -14,7 +14,8 @@ weights: the same compute as real ones). Measures:
 * decode in ONE process with one decoder thread (= one CPU core), through
   ``operators.decode.iter_chunks`` at 224x224 and each ``--fps``, on the real videos, plus
   the training-free features (``operators.features.frame_features``) the cascade computes
-  on every sampled frame;
+  on every sampled frame; with ``--decord-baseline`` also the earlier decoder (decord's
+  seeking ``get_batch`` wherever it is exact, PyAV in order elsewhere) on the same videos;
 * decode with N processes at once (``--procs``), one decoder thread each, over the same
   videos: the aggregate rate shows whether per-core throughput holds when a node's cores all
   decode (memory bandwidth, turbo clocks);
@@ -35,7 +36,16 @@ from pathlib import Path
 
 import numpy as np
 
-from operators.decode import iter_chunks, probe_video
+from operators.decode import (
+    SEEKABLE_CONTAINERS,
+    Chunk,
+    center_crop,
+    iter_chunks,
+    model_geometry,
+    probe_video,
+    sample_indices,
+    timestamps_are_sane,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 VIDEO_DIRS = (REPO.parent / "shared" / "videos", REPO / "shared" / "videos", REPO / "samples" / "videos")
@@ -104,9 +114,36 @@ def model_throughput(model_name: str, device: str, batch_sizes: list[int], secon
     return results
 
 
-def decode_per_core(videos: list[str], fps: float, size: int) -> dict:
+def decord_seek_chunks(path: str, fps: float, size: int, chunk_frames: int = 64, *, info=None):
+    """The decoder before sampling ran in order: decord's seeking get_batch (one thread) in
+    the containers where it is exact, `iter_chunks` (PyAV in order) elsewhere. Yields the
+    same Chunks as `iter_chunks`; a baseline for the decode check only."""
+    import decord
+
+    info = info or probe_video(path)
+    if os.path.splitext(path)[1].lower() not in SEEKABLE_CONTAINERS:
+        yield from iter_chunks(path, fps, size, chunk_frames, info=info, num_threads=1)
+        return
+    w, h = model_geometry(info, size)
+    vr = decord.VideoReader(path, width=w, height=h, num_threads=1)
+    if not timestamps_are_sane(vr):
+        yield from iter_chunks(path, fps, size, chunk_frames, info=info, num_threads=1)
+        return
+    idx = sample_indices(info, fps)
+    for start in range(0, len(idx), chunk_frames):
+        part = idx[start : start + chunk_frames]
+        frames = np.ascontiguousarray(center_crop(vr.get_batch(part.tolist()).asnumpy(), size))
+        yield Chunk(part, part.astype(np.float64) / info.fps, frames)
+
+
+# iter_chunks: in order with PyAV where the samples are as dense as the keyframes, else seeks
+DECODERS = {"current": iter_chunks, "decord_seek": decord_seek_chunks}
+
+
+def decode_per_core(videos: list[str], fps: float, size: int, decoder: str = "current") -> dict:
     """One process, one decoder thread: sampled frames per second and video-seconds per
-    second through iter_chunks at `size`, and the features' frames per second."""
+    second through `decoder` (a DECODERS key) at `size`, and the features' frames per
+    second."""
     from operators.features import frame_features
 
     frames = 0
@@ -115,7 +152,7 @@ def decode_per_core(videos: list[str], fps: float, size: int) -> dict:
     for path in videos:
         info = probe_video(path)
         video_s += info.duration_s
-        chunks = iter_chunks(path, fps, size, 64, info=info, num_threads=1)
+        chunks = DECODERS[decoder](path, fps, size, 64, info=info)
         while True:
             t0 = time.perf_counter()
             chunk = next(chunks, None)
@@ -127,33 +164,33 @@ def decode_per_core(videos: list[str], fps: float, size: int) -> dict:
             t_feat += time.perf_counter() - t1
             frames += len(chunk.frames)
     return {
-        "fps": fps, "frames": frames, "video_s": video_s,
+        "decoder": decoder, "fps": fps, "frames": frames, "video_s": video_s,
         "decode_frames_per_s": frames / t_decode, "decode_video_s_per_s": video_s / t_decode,
         "features_frames_per_s": frames / t_feat,
     }
 
 
-def _decode_share(job: tuple[list[str], float, int]) -> int:
-    videos, fps, size = job
+def _decode_share(job: tuple[list[str], float, int, str]) -> int:
+    videos, fps, size, decoder = job
     n = 0
     for path in videos:
-        for chunk in iter_chunks(path, fps, size, 64, info=probe_video(path), num_threads=1):
+        for chunk in DECODERS[decoder](path, fps, size, 64, info=probe_video(path)):
             n += len(chunk.frames)
     return n
 
 
-def decode_parallel(videos: list[str], fps: float, size: int, procs: int) -> dict:
-    """`procs` processes, one decoder thread each, every one decoding the whole video list:
-    aggregate sampled frames per second and the same per process."""
+def decode_parallel(videos: list[str], fps: float, size: int, procs: int, decoder: str = "current") -> dict:
+    """`procs` processes, one decoder thread each, every one decoding the whole video list
+    with `decoder`: aggregate sampled frames per second and the same per process."""
     import multiprocessing as mp
 
     with mp.get_context("spawn").Pool(procs) as pool:
-        pool.map(_decode_share, [([videos[0]], fps, size)] * procs)  # warm: imports, page cache
+        pool.map(_decode_share, [([videos[0]], fps, size, decoder)] * procs)  # warm: imports, page cache
         t0 = time.perf_counter()
-        counts = pool.map(_decode_share, [(videos, fps, size)] * procs)
+        counts = pool.map(_decode_share, [(videos, fps, size, decoder)] * procs)
         wall = time.perf_counter() - t0
     total = sum(counts)
-    return {"procs": procs, "fps": fps, "frames": total, "wall_s": wall,
+    return {"decoder": decoder, "procs": procs, "fps": fps, "frames": total, "wall_s": wall,
             "frames_per_s": total / wall, "frames_per_s_per_proc": total / wall / procs}
 
 
@@ -170,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="decode the video list again until it holds this many seconds")
     p.add_argument("--procs", default="",
                    help="comma-separated process counts for the parallel decode check (e.g. 4,8,16)")
+    p.add_argument("--decoders", default="current",
+                   help="comma-separated decoders to time: current (framesift's) and decord_seek "
+                        "(the earlier decord get_batch path, as a baseline in the same run)")
     p.add_argument("--cascade-ratio", type=float, default=0.25, help="share of frames the cascade embeds")
     p.add_argument("--json", help="also write the numbers to this JSON file")
     args = p.parse_args(argv)
@@ -194,8 +234,19 @@ def main(argv: list[str] | None = None) -> int:
     videos = found * max(1, int(np.ceil(args.min_footage / max(once, 1e-9))))
     print(f"decode, 1 process x 1 thread (one core), {args.size}x{args.size}, "
           f"{len(videos)} videos from {os.path.dirname(videos[0])}:")
+    decoders = [d.strip() for d in args.decoders.split(",") if d.strip()]
+    unknown = set(decoders) - set(DECODERS)
+    if unknown:
+        raise SystemExit(f"unknown decoder(s) {sorted(unknown)}; choose from {sorted(DECODERS)}")
     decode = []
     for fps in [float(f) for f in args.fps.split(",") if f.strip()]:
+        for name in decoders[1:] if decoders[0] == "current" else decoders:
+            d = decode_per_core(videos, fps, args.size, name)
+            decode.append(d)
+            print(f"  at {fps:g} fps, {name}: {d['decode_frames_per_s']:.1f} sampled frames/s per core "
+                  f"({d['decode_video_s_per_s']:.1f} video-s/s)")
+        if "current" not in decoders:
+            continue
         d = decode_per_core(videos, fps, args.size)
         decode.append(d)
         gpu = best["end_to_end"]
@@ -203,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         dense = gpu * per_frame_core_s
         cascade = gpu / args.cascade_ratio * (per_frame_core_s + 1 / d["features_frames_per_s"])
         d.update(cores_per_gpu_dense=dense, cores_per_gpu_cascade=cascade)
-        print(f"  at {fps:g} fps: {d['decode_frames_per_s']:.1f} sampled frames/s per core "
+        print(f"  at {fps:g} fps, current: {d['decode_frames_per_s']:.1f} sampled frames/s per core "
               f"({d['decode_video_s_per_s']:.1f} video-s/s); features {d['features_frames_per_s']:.0f} frames/s")
         print(f"  -> one GPU at {gpu:.0f} img/s (batch {best['batch']}) needs {dense:.1f} decode cores "
               f"(dense: every sampled frame embedded), {cascade:.1f} cores with the cascade "
@@ -211,10 +262,11 @@ def main(argv: list[str] | None = None) -> int:
     parallel = []
     for procs in [int(n) for n in args.procs.split(",") if n.strip()]:
         for fps in [float(f) for f in args.fps.split(",") if f.strip()]:
-            r = decode_parallel(videos, fps, args.size, procs)
-            parallel.append(r)
-            print(f"  {procs:2d} processes at {fps:g} fps: {r['frames_per_s']:.0f} sampled frames/s "
-                  f"({r['frames_per_s_per_proc']:.1f} per process)", flush=True)
+            for name in decoders:
+                r = decode_parallel(videos, fps, args.size, procs, name)
+                parallel.append(r)
+                print(f"  {procs:2d} processes at {fps:g} fps, {name}: {r['frames_per_s']:.0f} sampled "
+                      f"frames/s ({r['frames_per_s_per_proc']:.1f} per process)", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": device, "model": model, "decode": decode, "parallel": parallel}, f, indent=2)
