@@ -61,6 +61,12 @@ class CurateConfig:
         default=None, metadata={"help": "drop selected frames more similar than this (cosine)"}
     )
     chunk_frames: int = field(default=64, metadata={"help": "sampled frames per chunk row"})
+    keep_images_max_frames: int = field(
+        default=256,
+        metadata={"help": "videos of at most this many sampled frames have each one's image "
+                  "encoded during decode and kept on the node, so finalize writes the selected "
+                  "ones without reading the video again (0 = always read again)"},
+    )
     max_frames_per_video: int | None = field(
         default=None, metadata={"help": "cap on sampled frames per video (lowers fps)"}
     )
@@ -118,6 +124,8 @@ class CurateConfig:
             raise ConfigError(f"--image-format must be jpeg or webp, got {self.image_format!r}")
         if not 1 <= self.image_quality <= 100:
             raise ConfigError("--image-quality must be in 1..100")
+        if self.keep_images_max_frames < 0:
+            raise ConfigError(f"--keep-images-max-frames must be >= 0, got {self.keep_images_max_frames}")
         if self.chunk_frames < 1 or self.embed_batch_size < 1 or self.max_inflight_videos < 1:
             raise ConfigError("--chunk-frames, --embed-batch-size, --max-inflight-videos must be >= 1")
         if not 0.0 < self.cascade_ratio <= 1.0:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import logging
 import os
 import sys
@@ -29,7 +30,7 @@ import numpy as np
 from jobs.config import ConfigError, CurateConfig
 from operators.sources import VIDEO_EXTENSIONS, committed_video_ids, list_inputs
 from operators.storage import Storage, StorageError, check_writable
-from operators.write import read_table, write_report
+from operators.write import encode_image, read_table, write_report
 
 log = logging.getLogger("framesift")
 DECODE_TASK_MEMORY = 512 * 2**20
@@ -217,6 +218,10 @@ def build_dataset(ray, cfg: CurateConfig, storage: Storage, todo: list, spec):
             max_frames=cfg.max_frames_per_video,
             cascade_ratio=None if cfg.dense else cfg.cascade_ratio,
             cascade_min=cascade_candidates(cfg.k),
+            encode_images=functools.partial(encode_image, image_format=cfg.image_format,
+                                            quality=cfg.image_quality),
+            image_max_side=cfg.max_side,
+            carry_frames=cfg.keep_images_max_frames,
         ),
         batch_size=1,
         batch_format="numpy",

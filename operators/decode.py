@@ -11,7 +11,7 @@ few frames a method selects (`read_frames`).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 # decord must be imported before torch in the same process on some builds (it links its own
@@ -44,6 +44,8 @@ class Chunk:
     frame_index: np.ndarray  # (n,) int64 index into the source's frames
     timestamps: np.ndarray  # (n,) float64 seconds
     frames: np.ndarray  # (n, size, size, 3) uint8 RGB
+    # each frame encoded at output size, when iter_chunks was asked to and decoded in order
+    images: tuple[bytes, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,15 @@ def center_crop(frames: np.ndarray, size: int) -> np.ndarray:
     return frames[:, top : top + size, left : left + size]
 
 
+def output_geometry(info: VideoInfo, max_side: int | None) -> tuple[int, int]:
+    """(width, height) of frames written out: the source's size, (-1, -1), unless its long
+    side exceeds `max_side`; then scaled to fit, aspect kept, even."""
+    if max_side and max(info.width, info.height) > max_side:
+        scale = max_side / max(info.width, info.height)
+        return int(round(info.width * scale / 2)) * 2, int(round(info.height * scale / 2)) * 2
+    return -1, -1
+
+
 # Containers whose index decord seeks in exactly. In others decord can return the wrong
 # frames: on AVI (OpenCV's Megamind.avi) get_batch lands ~100 frames early, and on MPEG-PS
 # (cityCC0.mpg) even its sequential reads are 12 frames off. Those are decoded with PyAV
@@ -133,9 +144,20 @@ def timestamps_are_sane(vr) -> bool:
 
 class _SequentialReader:
     """Decodes forward with PyAV and keeps only the frames asked for (ascending indices),
-    scaled to (width, height) by FFmpeg's swscale; -1 keeps the source size."""
+    scaled to (width, height) by FFmpeg's swscale; -1 keeps the source size.
 
-    def __init__(self, path: str, width: int, height: int, num_threads: int = 0) -> None:
+    With `encode`, every kept frame is also converted at `image_size` ((-1, -1): the
+    source's) and passed to `encode`; `images` then holds the last read's results."""
+
+    def __init__(
+        self,
+        path: str,
+        width: int,
+        height: int,
+        num_threads: int = 0,
+        encode: Callable[[np.ndarray], bytes] | None = None,
+        image_size: tuple[int, int] = (-1, -1),
+    ) -> None:
         import av
 
         self.container = av.open(path)
@@ -149,10 +171,16 @@ class _SequentialReader:
         # One reformatter for the whole stream: VideoFrame.reformat builds a new swscale
         # context for every frame, which cost 0.3 ms a frame here and ~3.5 ms on a Xeon.
         self.reformatter = av.video.reformatter.VideoReformatter()
+        self.encode = encode
+        if encode is not None:
+            self.image_reformatter = av.video.reformatter.VideoReformatter()
+            self.image_size = {} if image_size[0] < 0 else {"width": image_size[0], "height": image_size[1]}
+        self.images: list[bytes] = []
         self.pos = 0
 
     def read(self, idx: np.ndarray) -> np.ndarray:
         out = []
+        self.images = []
         for i in idx.tolist():
             frame = None
             while self.pos <= i:
@@ -163,25 +191,29 @@ class _SequentialReader:
             if frame is None:
                 break  # the container claimed more frames than it holds
             out.append(self.reformatter.reformat(frame, format="rgb24", **self.size).to_ndarray())
+            if self.encode is not None:
+                rgb = self.image_reformatter.reformat(frame, format="rgb24", **self.image_size)
+                self.images.append(self.encode(rgb.to_ndarray()))
         return np.stack(out) if out else np.zeros((0, 1, 1, 3), np.uint8)
 
     def close(self) -> None:
         self.container.close()
 
 
-def _reader(path: str, width: int, height: int, num_threads: int, step: float | None = None):
+def _reader(path: str, width: int, height: int, num_threads: int, step: float | None = None, **images):
     """decord random access for indexed containers with sane timestamps, else PyAV in order.
 
     `step` is the spacing, in source frames, of the frames that will be read (None: a few
     scattered frames). When it is no larger than the usual distance between keyframes, a
     seek cannot skip anything and every frame is decoded either way; then PyAV in order is
     cheaper too, as it converts and scales only the frames kept, where decord scales every
-    decoded frame (measured on the six real videos at 1 fps: 2.11 against 2.66 CPU-s)."""
+    decoded frame (measured on the six real videos at 1 fps: 2.11 against 2.66 CPU-s).
+    `images` (encode, image_size) go to the in-order reader; decord's gives none."""
     if os.path.splitext(path)[1].lower() in SEEKABLE_CONTAINERS:
         vr = _open(path, width=width, height=height, num_threads=num_threads)
         if timestamps_are_sane(vr) and (step is None or step > keyframe_spacing(vr)):
             return _RandomAccessReader(vr)
-    return _SequentialReader(path, width, height, num_threads)
+    return _SequentialReader(path, width, height, num_threads, **images)
 
 
 def keyframe_spacing(vr) -> float:
@@ -196,6 +228,8 @@ def keyframe_spacing(vr) -> float:
 
 class _RandomAccessReader:
     """decord's get_batch, for containers where its seeking is exact."""
+
+    images: list[bytes] = []  # never encodes: see _SequentialReader
 
     def __init__(self, vr) -> None:
         self.vr = vr
@@ -223,8 +257,16 @@ def iter_chunks(
     info: VideoInfo | None = None,
     max_frames: int | None = None,
     num_threads: int = 1,
+    encode_images: Callable[[np.ndarray], bytes] | None = None,
+    image_max_side: int | None = None,
 ) -> Iterator[Chunk]:
     """Decode the frames sampled at `fps`, `chunk_frames` at a time, at `size x size`.
+
+    With `encode_images`, each sampled frame is also converted at output size (the
+    source's, or fitted to `image_max_side` as `read_frames` does) and encoded by it into
+    the chunk's `images`, from the same decoded picture: the selected frames then need no
+    second read. Only the in-order decoder does this; where decord seeks (sparse sampling)
+    `images` is None.
 
     Memory is bounded by one chunk whatever the video's length. Raises DecodeError when the
     file cannot be opened or a chunk cannot be decoded (a truncated file, for example).
@@ -233,7 +275,10 @@ def iter_chunks(
     idx = sample_indices(info, fps, max_frames)
     w, h = model_geometry(info, size)
     step = float(np.median(np.diff(idx))) if len(idx) > 1 else float(info.num_frames)
-    reader = _reader(path, w, h, num_threads, step=step)
+    images = {}
+    if encode_images is not None:
+        images = {"encode": encode_images, "image_size": output_geometry(info, image_max_side)}
+    reader = _reader(path, w, h, num_threads, step=step, **images)
     try:
         for start in range(0, len(idx), chunk_frames):
             part = idx[start : start + chunk_frames]
@@ -241,7 +286,8 @@ def iter_chunks(
             part = part[: len(frames)]
             if len(part):
                 frames = np.ascontiguousarray(center_crop(frames, size))
-                yield Chunk(part, part.astype(np.float64) / info.fps, frames)
+                encoded = tuple(reader.images) if encode_images is not None and reader.images else None
+                yield Chunk(part, part.astype(np.float64) / info.fps, frames, encoded)
             if len(part) < chunk_frames and start + chunk_frames < len(idx):
                 return  # the stream ended early
     finally:
@@ -279,11 +325,7 @@ def read_frames(
     if len(frame_index) == 0:
         return np.zeros((0, 0, 0, 3), np.uint8)
     info = info or probe_video(path)
-    w, h = -1, -1
-    if max_side and max(info.width, info.height) > max_side:
-        scale = max_side / max(info.width, info.height)
-        w = int(round(info.width * scale / 2)) * 2
-        h = int(round(info.height * scale / 2)) * 2
+    w, h = output_geometry(info, max_side)
     reader = _reader(path, w, h, 1)
     order = np.argsort(frame_index)
     try:

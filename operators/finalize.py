@@ -1,8 +1,8 @@
 """Per-video finishing: gather a video's chunk rows, segment, select, write, commit.
 
 A video's state here is small (its sampled frames' embeddings, features and timestamps,
-never its pixels); full-resolution pixels are read again from the source only for the k
-frames that were selected.
+never its pixels). The k selected frames' images come from this node's cache when the
+decode stage kept them (short videos), else from reading the source again.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 from operators.decode import VideoInfo, read_frames
 from operators.segment import detect_shots, shot_ids_from_starts, shot_windows
 from operators.select import Selection, VideoFrames, select_frames
-from operators.source_cache import discard, source_file
+from operators.source_cache import discard, source_file, take_images
 from operators.stages import STATUS_FAILED
 from operators.storage import Storage, write_bytes_atomic
 from operators.write import encode_image, frame_uri, write_table
@@ -218,18 +218,14 @@ def _write_outputs(
     ]
     shot_of = np.searchsorted(starts, sel.indices, side="right") - 1
     clip_of = _clip_windows(sel, ts)
-    # the decode stage's copy when this runs on its node, else downloaded again
-    with source_file(s.storage, uri, vid, keep=False) as path:
-        pixels = read_frames(path, p.frame_index[sel.indices], s.max_side, info=_info(p.meta))
+    images = _selected_images(p, s, p.frame_index[sel.indices])
     rows = []
     order = np.argsort(-sel.scores, kind="stable")
     rank = np.empty(len(order), np.int32)
     rank[order] = np.arange(len(order))
     for j, i in enumerate(sel.indices):
         image_uri = frame_uri(s.output, vid, float(ts[i]), s.image_format)
-        write_bytes_atomic(
-            s.storage, image_uri, encode_image(pixels[j], s.image_format, s.image_quality)
-        )
+        write_bytes_atomic(s.storage, image_uri, images[j])
         rows.append(
             {
                 "video_id": vid, "source_uri": uri, "frame_index": int(p.frame_index[i]),
@@ -243,6 +239,21 @@ def _write_outputs(
     write_table(s.storage, s.output, "shots", vid, shots)
     write_table(s.storage, s.output, "manifest", vid, rows)
     return rows, shots
+
+
+def _selected_images(p: VideoPayload, s: FinalizeSettings, frame_index: np.ndarray) -> list[bytes]:
+    """The encoded images of the selected source frames: those the decode stage kept on this
+    node, else read again from the source (this node's copy, or downloaded) and encoded.
+    Either way this node's copy and images of the video are gone afterwards."""
+    vid, uri = p.meta["video_id"], p.meta["source_uri"]
+    kept = take_images(vid, frame_index)
+    if kept is not None:
+        discard(vid, uri)
+        return kept
+    with source_file(s.storage, uri, vid, keep=False) as path:
+        pixels = read_frames(path, frame_index, s.max_side, info=_info(p.meta))
+    discard(vid, uri)  # images an earlier chunk kept, when a later one could not
+    return [encode_image(px, s.image_format, s.image_quality) for px in pixels]
 
 
 def _info(meta: dict) -> VideoInfo:

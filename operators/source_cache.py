@@ -1,4 +1,5 @@
-"""Node-local copies of source videos from object storage, shared by a video's two reads.
+"""Node-local copies of what finalize would otherwise read again: source videos from object
+storage, and the encoded images of short videos' sampled frames.
 
 The job reads every video twice: the decode stage samples it, and finalize reads the k
 selected frames again at full resolution. For a video in object storage each read used to
@@ -6,6 +7,13 @@ download the whole object. Now the decode stage leaves its download in a cache f
 its node; finalize, which the driver schedules on that node when it still can, reads it
 from there and removes it. A finalize that runs elsewhere, or finds the copy evicted,
 downloads again, so the cache only ever saves work. Local files are read in place.
+
+For a short video the second read costs about what the first did (the codec decodes from
+the keyframe before each selected frame, and on a clip that is most of it), while encoding
+every sampled frame from the first decode costs much less. Then the decode stage leaves
+those images in `<video_id>.frames/` beside the copies (`put_images`), and finalize writes
+the selected ones out (`take_images`) instead of decoding again; when any is missing it
+reads the source as before.
 
 The folder is FRAMESIFT_SOURCE_CACHE (default: <tmp>/framesift-sources) and holds at most
 FRAMESIFT_SOURCE_CACHE_GB gigabytes (default 20; 0 turns the cache off): the oldest copies
@@ -17,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 import time
 import uuid
@@ -68,9 +77,10 @@ def evict(limit_bytes: int, incoming: int = 0, now: float | None = None) -> list
         path = os.path.join(folder, name)
         try:
             st = os.stat(path)
+            size = _tree_size(path) if os.path.isdir(path) else st.st_size
         except FileNotFoundError:
             continue
-        entries.append((st.st_mtime, st.st_size, path))
+        entries.append((st.st_mtime, size, path))
     entries.sort()
     total = sum(size for _, size, _ in entries)
     removed = []
@@ -79,10 +89,21 @@ def evict(limit_bytes: int, incoming: int = 0, now: float | None = None) -> list
         if not stale and (total + incoming <= limit_bytes or now - mtime < MIN_AGE_S):
             continue
         with contextlib.suppress(FileNotFoundError):
-            os.remove(path)
+            _remove(path)
             removed.append(path)
         total -= size
     return removed
+
+
+def _tree_size(folder: str) -> int:
+    return sum(e.stat().st_size for e in os.scandir(folder) if e.is_file())
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        os.remove(path)
 
 
 def _download(storage: Storage, uri: str, target: str) -> None:
@@ -132,10 +153,46 @@ def source_file(storage: Storage, uri: str, video_id: str, keep: bool) -> Iterat
 
 
 def discard(video_id: str, uri: str) -> None:
-    """Remove this node's cached copy of a video, if any (its last reader is done)."""
+    """Remove this node's cached copy of a video and its images, if any (its last reader is
+    done)."""
     if uri and is_remote(uri):
         with contextlib.suppress(FileNotFoundError):
             os.remove(cache_path(video_id, uri))
+    shutil.rmtree(images_dir(video_id), ignore_errors=True)
+
+
+def images_dir(video_id: str) -> str:
+    """Where this node keeps the encoded images of video `video_id`'s sampled frames."""
+    return os.path.join(cache_dir(), video_id + ".frames")
+
+
+def put_images(video_id: str, frame_index, images) -> None:
+    """Keep `images` (encoded bytes, one per source frame index in `frame_index`) for
+    finalize on this node; each file is written whole or not at all."""
+    folder = images_dir(video_id)
+    if not os.path.isdir(folder):
+        evict(cache_limit_bytes(), incoming=sum(len(b) for b in images))
+        os.makedirs(folder, exist_ok=True)
+    for i, data in zip(frame_index, images, strict=True):
+        target = os.path.join(folder, str(int(i)))
+        partial = f"{target}{_PARTIAL}{uuid.uuid4().hex}"
+        with open(partial, "wb") as f:
+            f.write(data)
+        os.replace(partial, target)
+
+
+def take_images(video_id: str, frame_index) -> list[bytes] | None:
+    """The kept images of the given source frames, in order, or None when this node does
+    not hold every one of them (finalize then reads the source)."""
+    folder = images_dir(video_id)
+    out = []
+    for i in frame_index:
+        try:
+            with open(os.path.join(folder, str(int(i))), "rb") as f:
+                out.append(f.read())
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+    return out
 
 
 def current_node_id() -> str:

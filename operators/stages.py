@@ -11,14 +11,14 @@ the job records it and goes on.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
 from operators.cascade import redundancy_groups
 from operators.decode import DecodeError, iter_chunks, probe_video, sample_indices
 from operators.features import FEATURE_DIM, frame_features
-from operators.source_cache import current_node_id, source_file
+from operators.source_cache import cache_limit_bytes, current_node_id, put_images, source_file
 from operators.storage import Storage, is_remote
 
 STATUS_OK, STATUS_FAILED = "ok", "failed"
@@ -47,6 +47,11 @@ class DecodeStage:
     chunk's share of `cascade_min` when the video has more sampled frames than that (the
     distinct candidates the selection needs, e.g. k; a video of at most k frames is kept
     whole whatever the model says). Unreadable videos yield one failed row.
+
+    With `encode_images`, a video of at most `carry_frames` sampled frames also has every
+    sampled frame encoded (at output size: the source's, or fitted to `image_max_side`) and
+    kept on this node for finalize (`source_cache.put_images`), which then writes the
+    selected ones instead of reading the video again; its rows name this node.
     """
 
     def __init__(
@@ -60,6 +65,9 @@ class DecodeStage:
         decode_threads: int = 1,
         cascade_ratio: float | None = None,
         cascade_min: int = 0,
+        encode_images: Callable[[np.ndarray], bytes] | None = None,
+        image_max_side: int | None = None,
+        carry_frames: int = 0,
     ) -> None:
         self.storage = storage
         self.fps = fps
@@ -70,6 +78,9 @@ class DecodeStage:
         self.decode_threads = decode_threads
         self.cascade_ratio = cascade_ratio
         self.cascade_min = cascade_min
+        self.encode_images = encode_images
+        self.image_max_side = image_max_side
+        self.carry_frames = carry_frames
         self._node_id = ""  # set per video, in the worker that decodes it
 
     def _row(self, src: dict, **values) -> dict[str, np.ndarray]:
@@ -124,6 +135,11 @@ class DecodeStage:
                 info = probe_video(path)
                 n = len(sample_indices(info, self.fps, self.max_frames))
                 n_chunks = max(1, -(-n // self.chunk_frames))
+                carry = (
+                    self.encode_images is not None and 0 < n <= self.carry_frames and cache_limit_bytes() > 0
+                )
+                if carry:
+                    self._node_id = current_node_id()  # finalize finds the images here
                 meta = dict(
                     duration_s=info.duration_s, fps=info.fps, width=info.width,
                     height=info.height, n_chunks=n_chunks, download_s=t1 - t0,
@@ -131,6 +147,8 @@ class DecodeStage:
                 chunks = iter_chunks(
                     path, self.fps, self.size, self.chunk_frames, info=info,
                     max_frames=self.max_frames, num_threads=self.decode_threads,
+                    encode_images=self.encode_images if carry else None,
+                    image_max_side=self.image_max_side,
                 )
                 i = 0
                 while True:
@@ -138,6 +156,8 @@ class DecodeStage:
                     chunk = next(chunks, None)
                     if chunk is None:
                         break
+                    if chunk.images is not None:
+                        put_images(str(src["video_id"]), chunk.frame_index, chunk.images)
                     t3 = time.perf_counter()
                     feats = frame_features(chunk.frames)
                     t4 = time.perf_counter()

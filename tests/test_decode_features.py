@@ -141,3 +141,39 @@ def test_dense_sampling_decodes_in_order_and_sparse_sampling_seeks(shared_videos
     b = sparse.frames[np.searchsorted(sparse.frame_index, common)].astype(int)
     assert np.abs(a - b).mean() < 3.0  # the same frames (two resamplers)
     assert np.abs(a - np.roll(b, 1, axis=0)).mean() > 10.0  # where other frames differ a lot
+
+
+@pytest.mark.parametrize(("name", "max_side"), [("big_buck_bunny_0_30.webm", None), ("cityCC0.mpg", 320)])
+def test_in_order_decoding_also_encodes_each_frame_as_read_frames_would(shared_videos, name, max_side):
+    """With encode_images every sampled frame comes with its image at output size (the
+    source's, or fitted to max_side), made from the same decoded picture: what finalize
+    would otherwise get by reading the frame again."""
+    import io
+
+    from PIL import Image
+
+    from operators.write import encode_image
+
+    path = str(shared_videos / name)
+    info = probe_video(path)
+    chunks = list(iter_chunks(path, 1.0, 224, 8, info=info, encode_images=encode_image, image_max_side=max_side))
+    assert all(c.images is not None and len(c.images) == len(c.frames) for c in chunks)
+    index = np.concatenate([c.frame_index for c in chunks])
+    images = [img for c in chunks for img in c.images]
+    again = read_frames(path, index, max_side, info=info)
+    for img, px in zip(images, again, strict=True):
+        decoded = np.asarray(Image.open(io.BytesIO(img)).convert("RGB")).astype(int)
+        assert decoded.shape == px.shape  # (H, W, 3) at output size
+        assert np.abs(decoded - px.astype(int)).mean() < 6.0  # the same frame (JPEG q90)
+    assert max_side is None or max(again.shape[1:3]) <= max_side
+    # frames no further apart than a GOP would be the same frames one step off: tell them apart
+    first = np.asarray(Image.open(io.BytesIO(images[0])).convert("RGB")).astype(int)
+    assert np.abs(first - again[len(again) // 2].astype(int)).mean() > 10.0
+
+
+def test_seeking_decoding_encodes_no_images(shared_videos):
+    path = str(shared_videos / "big_buck_bunny_0_30.webm")  # keyframes ~93 frames apart
+    from operators.write import encode_image
+
+    chunks = list(iter_chunks(path, 0.1, 224, 8, encode_images=encode_image))
+    assert chunks and all(c.images is None for c in chunks)

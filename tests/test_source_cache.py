@@ -1,12 +1,14 @@
-"""A video in object storage is downloaded once: the decode stage's copy serves finalize.
+"""A video in object storage is downloaded once: the decode stage's copy serves finalize;
+and a short video is decoded once: the images the decode stage kept serve finalize.
 
 Runs the decode stage and finalize as plain functions (no Ray) against the loopback S3
-server; the copies live in a per-test cache folder.
+server or local files; the copies and images live in a per-test cache folder.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import time
 import uuid
 
@@ -18,7 +20,7 @@ from operators.finalize import FinalizeSettings, VideoAssembler, finalize_video
 from operators.sources import list_inputs
 from operators.stages import DecodeStage
 from operators.storage import Storage
-from operators.write import read_table
+from operators.write import encode_image, read_table
 from tests.conftest import SAMPLE_VIDEOS
 
 
@@ -37,10 +39,10 @@ def bucket(s3fs_client):
     return name
 
 
-def _decode(storage: Storage, uri_prefix: str) -> tuple[list, list[dict]]:
+def _decode(storage: Storage, uri_prefix: str, **stage_kwargs) -> tuple[list, list[dict]]:
     """List and decode every video under the prefix; (sources, chunk rows as dicts)."""
     sources = list_inputs(storage, uri_prefix)
-    stage = DecodeStage(storage, fps=2.0, keep_pixels=False)
+    stage = DecodeStage(storage, fps=2.0, keep_pixels=False, **stage_kwargs)
     rows = []
     for src in sources:
         batch = {k: np.array([v], dtype=object) for k, v in src.to_row().items()}
@@ -128,3 +130,83 @@ def test_eviction_removes_the_oldest_copies_and_stale_ones(cache):
     removed = source_cache.evict(limit_bytes=0, now=now)
     assert sorted(os.path.basename(p) for p in removed) == ["mid.mp4", "new.mp4"]
     assert [p.name for p in cache.iterdir()] == ["claimed.mp4"]
+
+
+KEEP = {"encode_images": encode_image, "carry_frames": 256}
+
+
+def test_a_short_videos_images_serve_finalize_without_a_second_read(s3_endpoint, s3fs_client, bucket, cache, tmp_path):
+    storage = Storage(endpoint_url=s3_endpoint)
+    s3fs_client.put(str(SAMPLE_VIDEOS / "cityCC0.mpg"), f"{bucket}/v/city.mpg")
+    sources, rows = _decode(storage, f"s3://{bucket}/v", **KEEP)
+    vid = sources[0].video_id
+    kept = cache / (vid + ".frames")
+    saved = {int(p.name): p.read_bytes() for p in kept.iterdir()}
+    assert sorted(saved) == sorted(int(i) for r in rows for i in r["frame_index"])  # every sampled frame
+    # neither the bucket's object nor this node's copy is there: only the images can serve
+    s3fs_client.rm(f"{bucket}/v/city.mpg")
+    (cache / (vid + ".mpg")).unlink()
+    (row,) = _finalize(storage, rows, str(tmp_path / "out"))
+    assert row["status"] == "done", row["error"]
+    manifest = read_table(Storage(), str(tmp_path / "out"), "manifest").to_pylist()
+    assert len(manifest) == 3
+    for m in manifest:  # the kept image of that very frame, written as it was
+        with open(m["image_uri"], "rb") as f:
+            assert f.read() == saved[m["frame_index"]]
+    assert list(cache.iterdir()) == []  # images and copy gone with the last reader
+
+
+def test_kept_images_are_the_frames_finalize_would_read(cache, tmp_path):
+    video = tmp_path / "in" / "city.mpg"
+    video.parent.mkdir()
+    shutil.copy(SAMPLE_VIDEOS / "cityCC0.mpg", video)
+    sources, rows = _decode(Storage(), str(video.parent), **KEEP)
+    kept = cache / (sources[0].video_id + ".frames")
+    saved = {int(p.name): p.read_bytes() for p in kept.iterdir()}
+    video.unlink()  # a local source gone too: finalize must not need it
+    (row,) = _finalize(Storage(), rows, str(tmp_path / "out"))
+    assert row["status"] == "done", row["error"]
+    manifest = read_table(Storage(), str(tmp_path / "out"), "manifest").to_pylist()
+    assert len(manifest) == 3
+    for m in manifest:
+        with open(m["image_uri"], "rb") as f:
+            assert f.read() == saved[m["frame_index"]]
+    assert not kept.exists()
+
+
+def test_finalize_reads_the_source_when_a_kept_image_is_missing(cache, tmp_path):
+    video = tmp_path / "in" / "city.mpg"
+    video.parent.mkdir()
+    shutil.copy(SAMPLE_VIDEOS / "cityCC0.mpg", video)
+    sources, rows = _decode(Storage(), str(video.parent), **KEEP)
+    kept = cache / (sources[0].video_id + ".frames")
+    for p in kept.iterdir():  # evicted for room, or this is another node
+        p.unlink()
+    (row,) = _finalize(Storage(), rows, str(tmp_path / "out"))
+    assert row["status"] == "done", row["error"]
+    manifest = read_table(Storage(), str(tmp_path / "out"), "manifest").to_pylist()
+    assert len(manifest) == 3 and all(os.path.getsize(m["image_uri"]) > 0 for m in manifest)
+    assert not kept.exists()
+
+
+def test_videos_over_the_limit_and_a_cache_turned_off_keep_no_images(cache, tmp_path, monkeypatch):
+    video = tmp_path / "in" / "city.mpg"
+    video.parent.mkdir()
+    shutil.copy(SAMPLE_VIDEOS / "cityCC0.mpg", video)
+    _, rows = _decode(Storage(), str(video.parent), encode_images=encode_image, carry_frames=5)
+    assert sum(len(r["frame_index"]) for r in rows) > 5 and not cache.exists()
+    monkeypatch.setenv(source_cache.CACHE_GB_ENV, "0")
+    _decode(Storage(), str(video.parent), **KEEP)
+    assert not cache.exists()
+
+
+def test_eviction_takes_kept_images_whole(cache):
+    now = time.time()
+    old, new = cache / "a.frames", cache / "b.frames"
+    for folder, age in ((old, 300), (new, 100)):
+        folder.mkdir(parents=True)
+        for i in range(3):
+            (folder / str(i)).write_bytes(b"x" * 1000)
+        os.utime(folder, (now - age, now - age))
+    removed = source_cache.evict(limit_bytes=3500, now=now)
+    assert removed == [str(old)] and not old.exists() and len(list(new.iterdir())) == 3
