@@ -11,9 +11,10 @@ downloads again, so the cache only ever saves work. Local files are read in plac
 For a short video the second read costs about what the first did (the codec decodes from
 the keyframe before each selected frame, and on a clip that is most of it), while encoding
 every sampled frame from the first decode costs much less. Then the decode stage leaves
-those images in `<video_id>.frames/` beside the copies (`put_images`), and finalize writes
-the selected ones out (`take_images`) instead of decoding again; when any is missing it
-reads the source as before.
+those images beside the copies, one uncompressed zip per chunk (`<video_id>.frames-<chunk>.zip`,
+`put_images`), and finalize writes the selected ones out (`take_images`) instead of decoding
+again; when any is missing it reads the source as before. Being plain files, they are
+evicted like the copies.
 
 The folder is FRAMESIFT_SOURCE_CACHE (default: <tmp>/framesift-sources) and holds at most
 FRAMESIFT_SOURCE_CACHE_GB gigabytes (default 20; 0 turns the cache off): the oldest copies
@@ -25,10 +26,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import tempfile
 import time
 import uuid
+import zipfile
 from collections.abc import Iterator
 
 from operators.storage import Storage, is_remote, local_copy, local_path
@@ -77,10 +78,9 @@ def evict(limit_bytes: int, incoming: int = 0, now: float | None = None) -> list
         path = os.path.join(folder, name)
         try:
             st = os.stat(path)
-            size = _tree_size(path) if os.path.isdir(path) else st.st_size
         except FileNotFoundError:
             continue
-        entries.append((st.st_mtime, size, path))
+        entries.append((st.st_mtime, st.st_size, path))
     entries.sort()
     total = sum(size for _, size, _ in entries)
     removed = []
@@ -89,21 +89,10 @@ def evict(limit_bytes: int, incoming: int = 0, now: float | None = None) -> list
         if not stale and (total + incoming <= limit_bytes or now - mtime < MIN_AGE_S):
             continue
         with contextlib.suppress(FileNotFoundError):
-            _remove(path)
+            os.remove(path)
             removed.append(path)
         total -= size
     return removed
-
-
-def _tree_size(folder: str) -> int:
-    return sum(e.stat().st_size for e in os.scandir(folder) if e.is_file())
-
-
-def _remove(path: str) -> None:
-    if os.path.isdir(path):
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        os.remove(path)
 
 
 def _download(storage: Storage, uri: str, target: str) -> None:
@@ -153,46 +142,59 @@ def source_file(storage: Storage, uri: str, video_id: str, keep: bool) -> Iterat
 
 
 def discard(video_id: str, uri: str) -> None:
-    """Remove this node's cached copy of a video and its images, if any (its last reader is
-    done)."""
+    """Remove this node's cached copy of a video and its kept images, if any (its last
+    reader is done)."""
     if uri and is_remote(uri):
         with contextlib.suppress(FileNotFoundError):
             os.remove(cache_path(video_id, uri))
-    shutil.rmtree(images_dir(video_id), ignore_errors=True)
+    for path in _image_files(video_id):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
 
 
-def images_dir(video_id: str) -> str:
-    """Where this node keeps the encoded images of video `video_id`'s sampled frames."""
-    return os.path.join(cache_dir(), video_id + ".frames")
+def _image_files(video_id: str) -> list[str]:
+    prefix = video_id + ".frames-"
+    try:
+        names = os.listdir(cache_dir())
+    except FileNotFoundError:
+        return []
+    return [os.path.join(cache_dir(), n) for n in names if n.startswith(prefix) and n.endswith(".zip")]
 
 
-def put_images(video_id: str, frame_index, images) -> None:
-    """Keep `images` (encoded bytes, one per source frame index in `frame_index`) for
-    finalize on this node; each file is written whole or not at all."""
-    folder = images_dir(video_id)
-    if not os.path.isdir(folder):
-        evict(cache_limit_bytes(), incoming=sum(len(b) for b in images))
-        os.makedirs(folder, exist_ok=True)
-    for i, data in zip(frame_index, images, strict=True):
-        target = os.path.join(folder, str(int(i)))
-        partial = f"{target}{_PARTIAL}{uuid.uuid4().hex}"
-        with open(partial, "wb") as f:
-            f.write(data)
+def put_images(video_id: str, chunk_index: int, frame_index, images) -> None:
+    """Keep `images` (encoded bytes, one per source frame index in `frame_index`) of chunk
+    `chunk_index` of a video for finalize on this node: one file, written whole or not at
+    all."""
+    folder = cache_dir()
+    evict(cache_limit_bytes(), incoming=sum(len(b) for b in images))
+    os.makedirs(folder, exist_ok=True)
+    target = os.path.join(folder, f"{video_id}.frames-{int(chunk_index)}.zip")
+    partial = f"{target}{_PARTIAL}{uuid.uuid4().hex}"
+    try:
+        with zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED) as z:  # images are compressed already
+            for i, data in zip(frame_index, images, strict=True):
+                z.writestr(str(int(i)), data)
         os.replace(partial, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(partial)
 
 
 def take_images(video_id: str, frame_index) -> list[bytes] | None:
     """The kept images of the given source frames, in order, or None when this node does
     not hold every one of them (finalize then reads the source)."""
-    folder = images_dir(video_id)
-    out = []
-    for i in frame_index:
+    wanted = {str(int(i)) for i in frame_index}
+    found: dict[str, bytes] = {}
+    for path in _image_files(video_id):
         try:
-            with open(os.path.join(folder, str(int(i))), "rb") as f:
-                out.append(f.read())
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-    return out
+            with zipfile.ZipFile(path) as z:
+                for name in wanted.intersection(z.namelist()):
+                    found[name] = z.read(name)
+        except (FileNotFoundError, zipfile.BadZipFile):
+            continue  # evicted meanwhile, or damaged: those frames are read again
+    if len(found) < len(wanted):
+        return None
+    return [found[str(int(i))] for i in frame_index]
 
 
 def current_node_id() -> str:

@@ -157,7 +157,7 @@ class DecodeStage:
                     if chunk is None:
                         break
                     if chunk.images is not None:
-                        put_images(str(src["video_id"]), chunk.frame_index, chunk.images)
+                        put_images(str(src["video_id"]), i, chunk.frame_index, chunk.images)
                     t3 = time.perf_counter()
                     feats = frame_features(chunk.frames)
                     t4 = time.perf_counter()

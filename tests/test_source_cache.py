@@ -11,6 +11,7 @@ import os
 import shutil
 import time
 import uuid
+import zipfile
 
 import numpy as np
 import pytest
@@ -135,13 +136,21 @@ def test_eviction_removes_the_oldest_copies_and_stale_ones(cache):
 KEEP = {"encode_images": encode_image, "carry_frames": 256}
 
 
+def _kept(cache, video_id: str) -> dict[int, bytes]:
+    """The images this node keeps for a video, by source frame index."""
+    out = {}
+    for path in cache.glob(video_id + ".frames-*.zip"):
+        with zipfile.ZipFile(path) as z:
+            out.update({int(n): z.read(n) for n in z.namelist()})
+    return out
+
+
 def test_a_short_videos_images_serve_finalize_without_a_second_read(s3_endpoint, s3fs_client, bucket, cache, tmp_path):
     storage = Storage(endpoint_url=s3_endpoint)
     s3fs_client.put(str(SAMPLE_VIDEOS / "cityCC0.mpg"), f"{bucket}/v/city.mpg")
     sources, rows = _decode(storage, f"s3://{bucket}/v", **KEEP)
     vid = sources[0].video_id
-    kept = cache / (vid + ".frames")
-    saved = {int(p.name): p.read_bytes() for p in kept.iterdir()}
+    saved = _kept(cache, vid)
     assert sorted(saved) == sorted(int(i) for r in rows for i in r["frame_index"])  # every sampled frame
     # neither the bucket's object nor this node's copy is there: only the images can serve
     s3fs_client.rm(f"{bucket}/v/city.mpg")
@@ -160,9 +169,10 @@ def test_kept_images_are_the_frames_finalize_would_read(cache, tmp_path):
     video = tmp_path / "in" / "city.mpg"
     video.parent.mkdir()
     shutil.copy(SAMPLE_VIDEOS / "cityCC0.mpg", video)
-    sources, rows = _decode(Storage(), str(video.parent), **KEEP)
-    kept = cache / (sources[0].video_id + ".frames")
-    saved = {int(p.name): p.read_bytes() for p in kept.iterdir()}
+    sources, rows = _decode(Storage(), str(video.parent), chunk_frames=4, **KEEP)
+    assert len(rows) > 1  # several chunks, each kept in its own file
+    saved = _kept(cache, sources[0].video_id)
+    assert len(list(cache.glob("*.zip"))) == len(rows) and len(saved) == sum(len(r["frame_index"]) for r in rows)
     video.unlink()  # a local source gone too: finalize must not need it
     (row,) = _finalize(Storage(), rows, str(tmp_path / "out"))
     assert row["status"] == "done", row["error"]
@@ -171,22 +181,23 @@ def test_kept_images_are_the_frames_finalize_would_read(cache, tmp_path):
     for m in manifest:
         with open(m["image_uri"], "rb") as f:
             assert f.read() == saved[m["frame_index"]]
-    assert not kept.exists()
+    assert list(cache.iterdir()) == []
 
 
 def test_finalize_reads_the_source_when_a_kept_image_is_missing(cache, tmp_path):
     video = tmp_path / "in" / "city.mpg"
     video.parent.mkdir()
     shutil.copy(SAMPLE_VIDEOS / "cityCC0.mpg", video)
-    sources, rows = _decode(Storage(), str(video.parent), **KEEP)
-    kept = cache / (sources[0].video_id + ".frames")
-    for p in kept.iterdir():  # evicted for room, or this is another node
-        p.unlink()
+    _, rows = _decode(Storage(), str(video.parent), chunk_frames=4, **KEEP)
+    files = sorted(cache.glob("*.zip"), key=lambda f: int(f.name.split("-")[-1][:-4]))
+    assert len(files) == 4
+    for f in files[:-1]:  # evicted for room: the selection spans them, so frames are read again
+        f.unlink()
     (row,) = _finalize(Storage(), rows, str(tmp_path / "out"))
     assert row["status"] == "done", row["error"]
     manifest = read_table(Storage(), str(tmp_path / "out"), "manifest").to_pylist()
     assert len(manifest) == 3 and all(os.path.getsize(m["image_uri"]) > 0 for m in manifest)
-    assert not kept.exists()
+    assert list(cache.iterdir()) == []  # the other chunks' images are gone too
 
 
 def test_videos_over_the_limit_and_a_cache_turned_off_keep_no_images(cache, tmp_path, monkeypatch):
@@ -198,15 +209,3 @@ def test_videos_over_the_limit_and_a_cache_turned_off_keep_no_images(cache, tmp_
     monkeypatch.setenv(source_cache.CACHE_GB_ENV, "0")
     _decode(Storage(), str(video.parent), **KEEP)
     assert not cache.exists()
-
-
-def test_eviction_takes_kept_images_whole(cache):
-    now = time.time()
-    old, new = cache / "a.frames", cache / "b.frames"
-    for folder, age in ((old, 300), (new, 100)):
-        folder.mkdir(parents=True)
-        for i in range(3):
-            (folder / str(i)).write_bytes(b"x" * 1000)
-        os.utime(folder, (now - age, now - age))
-    removed = source_cache.evict(limit_bytes=3500, now=now)
-    assert removed == [str(old)] and not old.exists() and len(list(new.iterdir())) == 3
