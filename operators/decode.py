@@ -200,7 +200,15 @@ class _SequentialReader:
         self.container.close()
 
 
-def _reader(path: str, width: int, height: int, num_threads: int, step: float | None = None, **images):
+def _reader(
+    path: str,
+    width: int,
+    height: int,
+    num_threads: int,
+    step: float | None = None,
+    encode: Callable[[np.ndarray], bytes] | None = None,
+    image_size: tuple[int, int] = (-1, -1),
+):
     """decord random access for indexed containers with sane timestamps, else PyAV in order.
 
     `step` is the spacing, in source frames, of the frames that will be read (None: a few
@@ -208,12 +216,12 @@ def _reader(path: str, width: int, height: int, num_threads: int, step: float | 
     seek cannot skip anything and every frame is decoded either way; then PyAV in order is
     cheaper too, as it converts and scales only the frames kept, where decord scales every
     decoded frame (measured on the six real videos at 1 fps: 2.11 against 2.66 CPU-s).
-    `images` (encode, image_size) go to the in-order reader; decord's gives none."""
+    `encode` and `image_size` go to the in-order reader; decord's encodes nothing."""
     if os.path.splitext(path)[1].lower() in SEEKABLE_CONTAINERS:
         vr = _open(path, width=width, height=height, num_threads=num_threads)
         if timestamps_are_sane(vr) and (step is None or step > keyframe_spacing(vr)):
             return _RandomAccessReader(vr)
-    return _SequentialReader(path, width, height, num_threads, **images)
+    return _SequentialReader(path, width, height, num_threads, encode, image_size)
 
 
 def keyframe_spacing(vr) -> float:
@@ -275,10 +283,10 @@ def iter_chunks(
     idx = sample_indices(info, fps, max_frames)
     w, h = model_geometry(info, size)
     step = float(np.median(np.diff(idx))) if len(idx) > 1 else float(info.num_frames)
-    images = {}
-    if encode_images is not None:
-        images = {"encode": encode_images, "image_size": output_geometry(info, image_max_side)}
-    reader = _reader(path, w, h, num_threads, step=step, **images)
+    reader = _reader(
+        path, w, h, num_threads, step=step, encode=encode_images,
+        image_size=output_geometry(info, image_max_side),
+    )
     try:
         for start in range(0, len(idx), chunk_frames):
             part = idx[start : start + chunk_frames]
