@@ -299,7 +299,7 @@ def run(cfg: CurateConfig) -> dict:
     rows: list[dict] = []
     if todo:
         ray = _init_ray(cfg)
-        # finalising is mostly I/O (read k frames, encode, write): a fractional CPU keeps it
+        # finalising is mostly I/O (the k images, kept or read again; writes): a fractional CPU keeps it
         # running beside the streaming pipeline instead of queueing behind it
         finalize = ray.remote(num_cpus=0.25, max_retries=2)(finalize_video)
         settings_ref = ray.put(settings)
