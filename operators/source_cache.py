@@ -30,7 +30,7 @@ import tempfile
 import time
 import uuid
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from operators.storage import Storage, is_remote, local_copy, local_path
 
@@ -156,12 +156,12 @@ def _image_files(video_id: str) -> list[str]:
     prefix = video_id + ".frames-"
     try:
         names = os.listdir(cache_dir())
-    except FileNotFoundError:
+    except OSError:  # no cache folder (yet), or not one that can be read: nothing kept
         return []
     return [os.path.join(cache_dir(), n) for n in names if n.startswith(prefix) and n.endswith(".zip")]
 
 
-def put_images(video_id: str, chunk_index: int, frame_index, images) -> None:
+def put_images(video_id: str, chunk_index: int, frame_index: Sequence[int], images: Sequence[bytes]) -> None:
     """Keep `images` (encoded bytes, one per source frame index in `frame_index`) of chunk
     `chunk_index` of a video for finalize on this node: one file, written whole or not at
     all."""
@@ -180,7 +180,7 @@ def put_images(video_id: str, chunk_index: int, frame_index, images) -> None:
             os.remove(partial)
 
 
-def take_images(video_id: str, frame_index) -> list[bytes] | None:
+def take_images(video_id: str, frame_index: Sequence[int]) -> list[bytes] | None:
     """The kept images of the given source frames, in order, or None when this node does
     not hold every one of them (finalize then reads the source)."""
     wanted = {str(int(i)) for i in frame_index}

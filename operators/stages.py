@@ -10,6 +10,7 @@ the job records it and goes on.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 
@@ -22,6 +23,7 @@ from operators.source_cache import cache_limit_bytes, current_node_id, put_image
 from operators.storage import Storage, is_remote
 
 STATUS_OK, STATUS_FAILED = "ok", "failed"
+log = logging.getLogger("framesift")
 
 
 def _scalar_batch(values: dict) -> dict[str, np.ndarray]:
@@ -122,6 +124,15 @@ class DecodeStage:
         reps, group_of = redundancy_groups(feats, self.cascade_ratio, min_groups=min_groups)
         return {"frames": np.ascontiguousarray(frames[reps]), "group_of": group_of, "n_embed": len(reps)}
 
+    @staticmethod
+    def _keep_images(video_id: str, chunk_index: int, chunk) -> None:
+        """Keep a chunk's images for finalize; they only save a second read, so a full or
+        unwritable disk costs that read, not the video."""
+        try:
+            put_images(video_id, chunk_index, chunk.frame_index.tolist(), chunk.images)
+        except OSError as exc:
+            log.warning("not keeping the images of %s (finalize will read them again): %s", video_id, exc)
+
     def _chunks(self, src: dict) -> Iterator[dict[str, np.ndarray]]:
         self._node_id = current_node_id() if is_remote(str(src["source_uri"])) else ""
         if isinstance(src.get("error"), str) and src["error"]:
@@ -157,7 +168,7 @@ class DecodeStage:
                     if chunk is None:
                         break
                     if chunk.images is not None:
-                        put_images(str(src["video_id"]), i, chunk.frame_index, chunk.images)
+                        self._keep_images(str(src["video_id"]), i, chunk)
                     t3 = time.perf_counter()
                     feats = frame_features(chunk.frames)
                     t4 = time.perf_counter()

@@ -209,3 +209,18 @@ def test_videos_over_the_limit_and_a_cache_turned_off_keep_no_images(cache, tmp_
     monkeypatch.setenv(source_cache.CACHE_GB_ENV, "0")
     _decode(Storage(), str(video.parent), **KEEP)
     assert not cache.exists()
+
+
+def test_a_cache_that_cannot_be_written_costs_the_second_read_not_the_video(tmp_path, monkeypatch):
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_bytes(b"")  # the cache path is a file: keeping images fails with OSError
+    monkeypatch.setenv(source_cache.CACHE_ENV, str(blocked))
+    video = tmp_path / "in" / "city.mpg"
+    video.parent.mkdir()
+    shutil.copy(SAMPLE_VIDEOS / "cityCC0.mpg", video)
+    _, rows = _decode(Storage(), str(video.parent), **KEEP)
+    assert rows and all(r["status"] == "ok" for r in rows)
+    (row,) = _finalize(Storage(), rows, str(tmp_path / "out"))
+    assert row["status"] == "done", row["error"]
+    manifest = read_table(Storage(), str(tmp_path / "out"), "manifest").to_pylist()
+    assert len(manifest) == 3 and all(os.path.getsize(m["image_uri"]) > 0 for m in manifest)
