@@ -65,7 +65,8 @@ class CurateConfig:
         default=256,
         metadata={"help": "videos of at most this many sampled frames have each one's image "
                   "encoded during decode and kept on the node, so finalize writes the selected "
-                  "ones without reading the video again (0 = always read again)"},
+                  "ones without reading the video again (0 = always read again; JPEG output "
+                  "only, as WebP encoding costs more than the second read)"},
     )
     max_frames_per_video: int | None = field(
         default=None, metadata={"help": "cap on sampled frames per video (lowers fps)"}

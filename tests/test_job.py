@@ -320,6 +320,14 @@ def test_cpu_embedding_leaves_room_for_decode_and_finalize(cpus):
     assert res["num_cpus"] + res["decode_cpus"] + 0.25 <= cpus
 
 
+def test_images_are_kept_for_jpeg_output_only():
+    assert curate.kept_image_frames(CurateConfig()) == 256
+    assert curate.kept_image_frames(CurateConfig(keep_images_max_frames=0)) == 0
+    # WebP encodes ~20x slower than JPEG: encoding every sampled frame would cost more than
+    # reading the selected ones again
+    assert curate.kept_image_frames(CurateConfig(image_format="webp")) == 0
+
+
 def test_gpu_embedding_decodes_on_whole_cpus():
     res = curate.embed_resources(16, 2, CurateConfig())
     assert res["num_gpus"] == 1 and res["concurrency"] == (1, 2) and res["decode_cpus"] == 1.0
