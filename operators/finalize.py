@@ -250,9 +250,8 @@ def _selected_images(p: VideoPayload, s: FinalizeSettings, frame_index: np.ndarr
     if kept is not None:
         discard(vid, uri)
         return kept
-    with source_file(s.storage, uri, vid, keep=False) as path:
+    with source_file(s.storage, uri, vid, keep=False) as path:  # the last reader: cleans up
         pixels = read_frames(path, frame_index, s.max_side, info=_info(p.meta))
-    discard(vid, uri)  # images an earlier chunk kept, when a later one could not
     return [encode_image(px, s.image_format, s.image_quality) for px in pixels]
 
 

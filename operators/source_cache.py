@@ -115,13 +115,19 @@ def source_file(storage: Storage, uri: str, video_id: str, keep: bool) -> Iterat
 
     Local files: the file itself. Object storage: this node's cached copy, downloaded into
     the cache first when it is not there. With `keep` the copy stays for a later reader (the
-    decode stage keeps it for finalize); without it the copy is removed on leaving (finalize,
-    the last reader). The copy is also removed when the block raises: a video that failed
-    will not be read again. With the cache off (FRAMESIFT_SOURCE_CACHE_GB=0) every read
-    downloads to a temporary file, as before.
+    decode stage keeps it for finalize); without it the copy, and any images kept for the
+    video, are removed on leaving (finalize, the last reader). They are also removed when
+    the block raises: a video that failed will not be read again. With the cache off
+    (FRAMESIFT_SOURCE_CACHE_GB=0) every read downloads to a temporary file, as before.
     """
     if not is_remote(uri):
-        yield os.path.abspath(local_path(uri))
+        try:
+            yield os.path.abspath(local_path(uri))
+        except BaseException:
+            discard(video_id, uri)
+            raise
+        if not keep:
+            discard(video_id, uri)
         return
     if cache_limit_bytes() == 0:
         with local_copy(storage, uri) as path:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from operators.cascade import redundancy_groups
-from operators.decode import DecodeError, iter_chunks, probe_video, sample_indices
+from operators.decode import Chunk, DecodeError, iter_chunks, probe_video, sample_indices
 from operators.features import FEATURE_DIM, frame_features
 from operators.source_cache import cache_limit_bytes, current_node_id, put_images, source_file
 from operators.storage import Storage, is_remote
@@ -125,7 +125,7 @@ class DecodeStage:
         return {"frames": np.ascontiguousarray(frames[reps]), "group_of": group_of, "n_embed": len(reps)}
 
     @staticmethod
-    def _keep_images(video_id: str, chunk_index: int, chunk) -> None:
+    def _keep_images(video_id: str, chunk_index: int, chunk: Chunk) -> None:
         """Keep a chunk's images for finalize; they only save a second read, so a full or
         unwritable disk costs that read, not the video."""
         try:
