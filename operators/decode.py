@@ -294,8 +294,8 @@ def iter_chunks(
             part = part[: len(frames)]
             if len(part):
                 frames = np.ascontiguousarray(center_crop(frames, size))
-                encoded = tuple(reader.images) if encode_images is not None and reader.images else None
-                yield Chunk(part, part.astype(np.float64) / info.fps, frames, encoded)
+                # empty unless the in-order reader was asked to encode
+                yield Chunk(part, part.astype(np.float64) / info.fps, frames, tuple(reader.images) or None)
             if len(part) < chunk_frames and start + chunk_frames < len(idx):
                 return  # the stream ended early
     finally:
