@@ -107,6 +107,53 @@ def test_weights_file_loads_through_the_users_path(tmp_path, random_clip, frames
     assert spec_dir.checkpoint == str(path)
 
 
+@pytest.mark.parametrize("layout", ["plain.pt", "wrapped.pt", "plain.safetensors"])
+def test_mapped_checkpoint_load_matches_open_clips_loader(tmp_path, random_clip, layout):
+    import open_clip
+    import torch.utils.serialization
+    from safetensors.torch import save_file
+
+    from operators.embed import _skip_weight_init, load_checkpoint_mapped
+
+    state = {k: v.float().contiguous() for k, v in random_clip.model.state_dict().items()}
+    path = tmp_path / layout
+    if layout == "wrapped.pt":  # a training checkpoint: {"state_dict": {"module.<name>": ...}}
+        torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, path)
+    elif layout.endswith(".safetensors"):
+        save_file(state, str(path))
+    else:
+        torch.save(state, path)
+    reference = open_clip.create_model("ViT-B-32", pretrained=str(path)).eval()
+    with _skip_weight_init():
+        model = open_clip.create_model("ViT-B-32", pretrained=None)
+    load_checkpoint_mapped(model, str(path))
+    path.unlink()  # the mapped pages stay readable
+    model.eval()
+    for name, tensor in reference.state_dict().items():
+        assert torch.equal(model.state_dict()[name], tensor), name
+    x = torch.randn(2, 3, 224, 224)
+    with torch.inference_mode():
+        assert torch.equal(model.encode_image(x), reference.encode_image(x))
+    # the loader's overrides are undone
+    assert "load_state_dict" not in vars(model)
+    assert torch.utils.serialization.config.load.mmap is False
+
+
+def test_mapped_checkpoint_load_is_strict(tmp_path, random_clip):
+    from operators.embed import load_checkpoint_mapped
+
+    state = dict(random_clip.model.state_dict())
+    state.pop("visual.proj")
+    path = tmp_path / "partial.pt"
+    torch.save(state, path)
+    import open_clip
+
+    model = open_clip.create_model("ViT-B-32", pretrained=None)
+    with pytest.raises(RuntimeError, match="visual.proj"):
+        load_checkpoint_mapped(model, str(path))
+    assert "load_state_dict" not in vars(model)
+
+
 def test_weights_from_environment_variable(tmp_path, random_clip, monkeypatch):
     path = tmp_path / "env.pt"
     torch.save(random_clip.model.state_dict(), path)
