@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -152,6 +153,23 @@ def test_mapped_checkpoint_load_is_strict(tmp_path, random_clip):
     with pytest.raises(RuntimeError, match="visual.proj"):
         load_checkpoint_mapped(model, str(path))
     assert "load_state_dict" not in vars(model)
+
+
+def test_embedding_actor_sets_passive_openmp_waits_before_torch_loads():
+    import subprocess
+    import sys
+
+    probe = (
+        "import os, sys; from operators.stages import passive_openmp_waits as p; "
+        "first = p(); value = os.environ.get('OMP_WAIT_POLICY'); import torch; "
+        "print(first, value, p())"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "PASSIVE", "False"]  # too late once torch is loaded
+    env["OMP_WAIT_POLICY"] = "ACTIVE"  # a user's own setting wins
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "ACTIVE", "False"]
 
 
 def test_weights_from_environment_variable(tmp_path, random_clip, monkeypatch):
