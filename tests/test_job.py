@@ -320,6 +320,18 @@ def test_cpu_embedding_leaves_room_for_decode_and_finalize(cpus):
     assert res["num_cpus"] + res["decode_cpus"] + 0.25 <= cpus
 
 
+@pytest.mark.parametrize("dense,chunk,ratio,batch", [
+    (True, 64, 0.12, 32), (True, 16, 0.12, 32), (False, 64, 0.12, 32), (False, 64, 0.25, 32),
+    (False, 64, 0.12, 256), (False, 4, 0.1, 32),
+])
+def test_embedding_calls_gather_rows_to_fill_a_model_batch(dense, chunk, ratio, batch):
+    cfg = CurateConfig(dense=dense, chunk_frames=chunk, cascade_ratio=ratio, embed_batch_size=batch)
+    rows = curate.embed_rows_per_call(cfg)
+    per_row = chunk if dense else max(1.0, chunk * ratio)  # frames a row brings to the model
+    assert rows >= 1 and rows * per_row >= batch  # a call fills a batch ...
+    assert rows == 1 or (rows - 1) * per_row < batch  # ... without holding more rows than that
+
+
 def test_images_are_kept_for_jpeg_output_only():
     assert curate.kept_image_frames(CurateConfig()) == 256
     assert curate.kept_image_frames(CurateConfig(keep_images_max_frames=0)) == 0
