@@ -256,8 +256,9 @@ def embed_rows_per_call(cfg: CurateConfig) -> int:
     about `cascade_ratio` of them, so cascade rows are gathered until they add up to
     `embed_batch_size`. Small model batches are slow on CPUs (bf16 ViT-B-32 on 2 cores: 49
     frames/s at batch 1, 79 at 4, 85 at 32) and every call is a round trip to the actor
-    (measured on 2 cores, cascade job, 4 rows instead of 1 per call: 15.6 -> 15.0 s on long
-    videos in fp32 and 8.2 -> 7.9 s on the short clips in bf16, means of 2-3 alternating runs)."""
+    (measured on 2 cores, cascade job, 4 rows instead of 1 per call, means of 2-3 alternating
+    runs: 15.6 -> 15.0 s on long videos in fp32, 8.2 -> 7.9 s on the short clips in bf16, and
+    12.0 -> 12.1 s, no gain, on long videos in bf16: small, and within the runs' spread)."""
     per_row = cfg.chunk_frames if cfg.dense else max(1.0, cfg.chunk_frames * cfg.cascade_ratio)
     return max(1, math.ceil(cfg.embed_batch_size / per_row))
 
