@@ -61,6 +61,12 @@ class CurateConfig:
         default=None, metadata={"help": "drop selected frames more similar than this (cosine)"}
     )
     chunk_frames: int = field(default=64, metadata={"help": "sampled frames per chunk row"})
+    driver_niceness: int = field(
+        default=10,
+        metadata={"help": "CPU niceness this process takes once Ray is up (Ray runs its workers "
+                  "at 15; a driver at 0 preempts them on every wake-up of its scheduling loop); "
+                  "0 leaves it as it is"},
+    )
     keep_images_max_frames: int = field(
         default=256,
         metadata={"help": "videos of at most this many sampled frames have each one's image "
@@ -127,6 +133,8 @@ class CurateConfig:
             raise ConfigError("--image-quality must be in 1..100")
         if self.keep_images_max_frames < 0:
             raise ConfigError(f"--keep-images-max-frames must be >= 0, got {self.keep_images_max_frames}")
+        if not 0 <= self.driver_niceness <= 19:
+            raise ConfigError(f"--driver-niceness must be in 0..19, got {self.driver_niceness}")
         if self.chunk_frames < 1 or self.embed_batch_size < 1 or self.max_inflight_videos < 1:
             raise ConfigError("--chunk-frames, --embed-batch-size, --max-inflight-videos must be >= 1")
         if not 0.0 < self.cascade_ratio <= 1.0:

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from jobs import curate
-from jobs.config import CurateConfig
+from jobs.config import ConfigError, CurateConfig
 from operators.storage import Storage
 from operators.write import MANIFEST_SCHEMA, SHOTS_SCHEMA, VIDEOS_SCHEMA, read_table
 from tests.conftest import ROOT
@@ -330,6 +330,40 @@ def test_embedding_calls_gather_rows_to_fill_a_model_batch(dense, chunk, ratio, 
     per_row = chunk if dense else max(1.0, chunk * ratio)  # frames a row brings to the model
     assert rows >= 1 and rows * per_row >= batch  # a call fills a batch ...
     assert rows == 1 or (rows - 1) * per_row < batch  # ... without holding more rows than that
+
+
+def test_driver_lowers_the_priority_of_all_its_threads_once():
+    import subprocess
+    import sys
+
+    # relative to the niceness the test process has (a job run earlier in it lowered it)
+    probe = """
+import os, threading
+from jobs.curate import lower_priority
+stop = threading.Event()
+early = threading.Thread(target=stop.wait); early.start()
+nice = lambda: sorted({os.getpriority(os.PRIO_PROCESS, int(t)) for t in os.listdir('/proc/self/task')})
+base = os.getpriority(os.PRIO_PROCESS, 0); target = base + 5
+print(base, lower_priority(0), nice(), lower_priority(target), nice(), lower_priority(target - 2), nice())
+late = threading.Thread(target=stop.wait); late.start()
+print(os.getpriority(os.PRIO_PROCESS, late.native_id))
+stop.set()
+"""
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    first, second = out.stdout.splitlines()
+    base, none, before, changed, after, again, still = first.split(" ", 6)
+    target = int(base) + 5
+    assert int(base) <= 14
+    # no-op at 0; every thread (the main one, ours, any library's) lowered; never raised
+    # back; threads started later inherit it
+    assert (none, before) == ("0", f"[{base}]")
+    assert int(changed) >= 2 and after == f"[{target}]"
+    assert (again, still) == ("0", f"[{target}]") and second == str(target)
+
+
+def test_driver_niceness_is_checked():
+    with pytest.raises(ConfigError, match="driver-niceness"):
+        CurateConfig(input="in", output="out", driver_niceness=20).validate()
 
 
 def test_images_are_kept_for_jpeg_output_only():
