@@ -177,3 +177,57 @@ def test_seeking_decoding_encodes_no_images(shared_videos):
 
     chunks = list(iter_chunks(path, 0.1, 224, 8, encode_images=encode_image))
     assert chunks and all(c.images is None for c in chunks)
+
+
+def test_in_order_decoding_skips_unneeded_b_frames_and_returns_the_same_frames(tmp_path):
+    """H.264 with B-frames (x264's defaults): frames that are neither sampled nor referenced
+    are not decoded at all, and every sampled frame is bit for bit what a full decode of the
+    file gives, at the same index."""
+    from operators.decode import _reader, _SequentialReader, center_crop, model_geometry
+    from tests.synthetic import write_video
+
+    frames = np.concatenate([shot_frames(60, seed) for seed in range(3)])
+    path = str(write_video(tmp_path / "bframes.mp4", frames, fps=10, codec="libx264"))
+    info = probe_video(path)
+    idx = sample_indices(info, fps=1.0)
+    w, h = model_geometry(info, 64)
+
+    full = _reader(path, w, h, 1, step=10.0)  # no `wanted`: counts every decoded frame
+    skipping = _reader(path, w, h, 1, step=10.0, wanted=idx)
+    assert isinstance(skipping, _SequentialReader) and skipping.skipping and not full.skipping
+    parts = [idx[:7], idx[7:]]  # read in chunks, as iter_chunks does
+    a = np.concatenate([full.read(p) for p in parts])
+    b = np.concatenate([skipping.read(p) for p in parts])
+    assert full.decoded >= idx[-1] + 1  # decoded everything up to the last sampled frame
+    assert skipping.decoded < 0.8 * full.decoded  # skipped unreferenced B-frames
+    assert a.shape == (len(idx), h, w, 3) and np.array_equal(a, b)
+    # the same frames as decord's random access gives at those indices
+    dec = decode_video(path, fps=0.1, size=64)  # sparse: seeks with decord
+    common = np.searchsorted(idx, dec.frame_index)
+    assert len(common) >= 2 and np.array_equal(idx[common], dec.frame_index)
+    assert np.abs(center_crop(b[common], 64).astype(int) - dec.frames.astype(int)).mean() < 3.0
+
+
+def test_skipping_is_off_where_packets_do_not_match_the_index(shared_videos):
+    """Frames are indexed by their packets' timestamps only where those name exactly the
+    frames decord's index lists; otherwise (or outside indexed containers) by counting."""
+    from operators.decode import _reader, display_order
+
+    path = str(shared_videos / "cockatoo.mp4")
+    n = probe_video(path).num_frames
+    order = display_order(path, n)
+    assert order is not None and len(order) == n and np.all(np.diff(order) > 0)
+    assert display_order(path, n + 1) is None
+    avi = str(shared_videos / "Megamind.avi")  # not an indexed container: counted
+    assert not _reader(avi, 64, 64, 1, step=24.0, wanted=np.arange(0, 200, 24)).skipping
+
+
+def test_frame_cursor_stands_in_the_next_frame_for_a_missing_one():
+    from operators.decode import _FrameCursor
+
+    cursor = _FrameCursor(iter([(0, "a"), (1, "b"), (3, "d"), (4, "e"), (6, "g")]))
+    assert cursor.at(0) == "a"
+    assert cursor.at(2) == "d"  # 2 never came out of the decoder
+    assert cursor.at(3) == "d"  # and 3 is still there
+    assert cursor.at(6) == "g"  # 4 and 5 passed over
+    assert cursor.at(7) is None
