@@ -179,15 +179,16 @@ def test_seeking_decoding_encodes_no_images(shared_videos):
     assert chunks and all(c.images is None for c in chunks)
 
 
-def test_in_order_decoding_skips_unneeded_b_frames_and_returns_the_same_frames(tmp_path):
-    """H.264 with B-frames (x264's defaults): frames that are neither sampled nor referenced
-    are not decoded at all, and every sampled frame is bit for bit what a full decode of the
-    file gives, at the same index."""
+@pytest.mark.parametrize(("codec", "suffix"), [("libx264", ".mp4"), ("libx264", ".mkv"), ("libx265", ".mp4")])
+def test_in_order_decoding_skips_unneeded_b_frames_and_returns_the_same_frames(tmp_path, codec, suffix):
+    """H.264 and HEVC with B-frames (the encoders' defaults): frames that are neither sampled
+    nor referenced are not decoded at all, and every sampled frame is bit for bit what a full
+    decode of the file gives, at the same index."""
     from operators.decode import _reader, _SequentialReader, center_crop, model_geometry
     from tests.synthetic import write_video
 
     frames = np.concatenate([shot_frames(60, seed) for seed in range(3)])
-    path = str(write_video(tmp_path / "bframes.mp4", frames, fps=10, codec="libx264"))
+    path = str(write_video(tmp_path / f"bframes{suffix}", frames, fps=10, codec=codec))
     info = probe_video(path)
     idx = sample_indices(info, fps=1.0)
     w, h = model_geometry(info, 64)
@@ -220,6 +221,33 @@ def test_skipping_is_off_where_packets_do_not_match_the_index(shared_videos):
     assert display_order(path, n + 1) is None
     avi = str(shared_videos / "Megamind.avi")  # not an indexed container: counted
     assert not _reader(avi, 64, 64, 1, step=24.0, wanted=np.arange(0, 200, 24)).skipping
+
+
+def test_packed_mpeg4_b_frames_remuxed_to_matroska_are_counted_not_skipped(shared_videos, tmp_path):
+    """Megamind.avi's MPEG-4 Part 2 packs each B-frame into the packet of the P-frame after
+    it; copied into MKV, its packets have timestamps that its frames do not come out with.
+    Such streams are decoded whole and counted, which gives the AVI's own frames."""
+    import av
+
+    from operators.decode import _reader, _SequentialReader, model_geometry
+
+    src = shared_videos / "Megamind.avi"
+    dst = tmp_path / "megamind.mkv"
+    with av.open(str(src)) as inp, av.open(str(dst), "w", format="matroska") as out:
+        s_in = inp.streams.video[0]
+        s_out = out.add_stream_from_template(s_in)
+        for packet in inp.demux(s_in):
+            if packet.dts is None or not packet.size:
+                continue
+            packet.stream = s_out
+            out.mux(packet)
+    info = probe_video(str(dst))
+    idx = sample_indices(info, fps=1.0)
+    w, h = model_geometry(info, 64)
+    reader = _reader(str(dst), w, h, 1, step=24.0, wanted=idx)
+    assert isinstance(reader, _SequentialReader) and not reader.skipping
+    truth = _SequentialReader(str(src), w, h, 1).read(idx)
+    assert np.array_equal(reader.read(idx), truth)
 
 
 def test_frame_cursor_stands_in_the_next_frame_for_a_missing_one():
