@@ -186,6 +186,18 @@ def test_mismatched_checkpoint_fails_with_model_name(tmp_path):
         resolve_embedder("clip", weights=str(path))
 
 
+def test_truncated_checkpoint_fails_at_resolve_not_in_the_actor(tmp_path, random_clip):
+    """The check maps the file instead of reading it, and still catches a file cut short
+    (an interrupted copy) before any video is read."""
+    good = tmp_path / "good.pt"
+    torch.save(random_clip.model.state_dict(), good)
+    assert resolve_embedder("clip", weights=str(good)).checkpoint == str(good)
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(WeightsError, match="ViT-B-32"):
+        resolve_embedder("clip", weights=str(cut))
+
+
 def test_unavailable_pretrained_tag_fails_fast_and_says_how_to_fix(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("FRAMESIFT_CLIP_WEIGHTS", raising=False)
