@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.speed import VIDEO_SUFFIXES, VIDEOS_DIR
-from operators.decode import _reader, model_geometry, probe_video, sample_indices
+from operators.decode import _reader, model_geometry, probe_video, sample_indices, sampling_step
 
 SIZE = 224
 
@@ -72,8 +72,7 @@ def decode_sampled(path: str, fps: float, skip: bool) -> tuple[np.ndarray, int, 
     info = probe_video(path)
     idx = sample_indices(info, fps)
     w, h = model_geometry(info, SIZE)
-    step = float(np.median(np.diff(idx))) if len(idx) > 1 else float(info.num_frames)
-    reader = _reader(path, w, h, 1, step=step, wanted=idx if skip else None)
+    reader = _reader(path, w, h, 1, step=sampling_step(info, idx), wanted=idx if skip else None)
     try:
         frames = np.concatenate([reader.read(idx[s : s + 64]) for s in range(0, len(idx), 64)])
     finally:

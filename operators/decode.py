@@ -101,6 +101,13 @@ def sample_indices(info: VideoInfo, fps: float, max_frames: int | None = None) -
     return np.unique(idx)
 
 
+def sampling_step(info: VideoInfo, idx: np.ndarray) -> float:
+    """The usual spacing, in source frames, of the sampled indices `idx` (their median gap;
+    the video's length when there is one sample or none): what `_reader` compares with the
+    keyframe spacing to choose between seeking and decoding in order."""
+    return float(np.median(np.diff(idx))) if len(idx) > 1 else float(info.num_frames)
+
+
 def model_geometry(info: VideoInfo, size: int) -> tuple[int, int]:
     """(width, height) to decode at so that the short side is `size`, aspect kept, even."""
     scale = size / min(info.width, info.height)
@@ -385,7 +392,7 @@ def iter_chunks(
     info = info or probe_video(path)
     idx = sample_indices(info, fps, max_frames)
     w, h = model_geometry(info, size)
-    step = float(np.median(np.diff(idx))) if len(idx) > 1 else float(info.num_frames)
+    step = sampling_step(info, idx)
     reader = _reader(
         path, w, h, num_threads, step=step, encode=encode_images,
         image_size=output_geometry(info, image_max_side), wanted=idx,
