@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +25,15 @@ from operators.embed import (
 def random_clip() -> ClipEmbedder:
     torch.manual_seed(0)
     return create_embedder(resolve_embedder("clip", pretrained="random"), device="cpu", batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def random_clip_file(random_clip, tmp_path_factory) -> Path:
+    """random_clip's weights saved once (0.6 GB) for the tests that load a checkpoint file;
+    alone in its folder, under a name a user might give it."""
+    path = tmp_path_factory.mktemp("random_clip") / "my_clip.pt"
+    torch.save(random_clip.model.state_dict(), path)
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -96,15 +106,14 @@ def test_wrong_frame_size_is_refused(random_clip):
         random_clip.encode_frames(np.zeros((1, 100, 100, 3), np.uint8))
 
 
-def test_weights_file_loads_through_the_users_path(tmp_path, random_clip, frames):
-    path = tmp_path / "my_clip.pt"
-    torch.save(random_clip.model.state_dict(), path)
+def test_weights_file_loads_through_the_users_path(random_clip_file, random_clip, frames):
+    path = random_clip_file
     spec = resolve_embedder("clip", weights=str(path))
     assert spec.checkpoint == str(path) and spec.name == "clip:ViT-B-32/file:my_clip.pt"
     loaded = create_embedder(spec, device="cpu")
     assert np.allclose(loaded.encode_frames(frames), random_clip.encode_frames(frames), atol=1e-5)
     # a directory holding the checkpoint works too
-    spec_dir = resolve_embedder("clip", weights=str(tmp_path))
+    spec_dir = resolve_embedder("clip", weights=str(path.parent))
     assert spec_dir.checkpoint == str(path)
 
 
@@ -172,11 +181,9 @@ def test_embedding_actor_sets_passive_openmp_waits_before_torch_loads():
     assert out.stdout.split() == ["True", "ACTIVE", "False"]
 
 
-def test_weights_from_environment_variable(tmp_path, random_clip, monkeypatch):
-    path = tmp_path / "env.pt"
-    torch.save(random_clip.model.state_dict(), path)
-    monkeypatch.setenv("FRAMESIFT_CLIP_WEIGHTS", str(path))
-    assert resolve_embedder("clip", validate=False).checkpoint == str(path)
+def test_weights_from_environment_variable(random_clip_file, monkeypatch):
+    monkeypatch.setenv("FRAMESIFT_CLIP_WEIGHTS", str(random_clip_file))
+    assert resolve_embedder("clip", validate=False).checkpoint == str(random_clip_file)
 
 
 def test_mismatched_checkpoint_fails_with_model_name(tmp_path):
@@ -186,11 +193,10 @@ def test_mismatched_checkpoint_fails_with_model_name(tmp_path):
         resolve_embedder("clip", weights=str(path))
 
 
-def test_truncated_checkpoint_fails_at_resolve_not_in_the_actor(tmp_path, random_clip):
+def test_truncated_checkpoint_fails_at_resolve_not_in_the_actor(tmp_path, random_clip_file):
     """The check maps the file instead of reading it, and still catches a file cut short
     (an interrupted copy) before any video is read."""
-    good = tmp_path / "good.pt"
-    torch.save(random_clip.model.state_dict(), good)
+    good = random_clip_file
     assert resolve_embedder("clip", weights=str(good)).checkpoint == str(good)
     cut = tmp_path / "cut.pt"
     cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
@@ -226,7 +232,7 @@ def test_auto_falls_back_to_features_loudly(monkeypatch, caplog):
 
 
 def test_weights_from_object_storage_and_per_node_resolution(
-    tmp_path, random_clip, frames, s3fs_client, monkeypatch
+    tmp_path, random_clip, random_clip_file, frames, s3fs_client, monkeypatch
 ):
     """An s3:// checkpoint is downloaded into the node's cache; a worker whose node lacks the
     driver's resolved path resolves the user's --weights again (multi-node clusters)."""
@@ -234,10 +240,8 @@ def test_weights_from_object_storage_and_per_node_resolution(
 
     from operators.embed import local_checkpoint
 
-    local = tmp_path / "w.pt"
-    torch.save(random_clip.model.state_dict(), local)
     s3fs_client.mkdir("weights-bucket")
-    s3fs_client.put(str(local), "weights-bucket/clip/w.pt")
+    s3fs_client.put(str(random_clip_file), "weights-bucket/clip/w.pt")
     monkeypatch.setenv("FRAMESIFT_CACHE", str(tmp_path / "cache"))
     spec = resolve_embedder("clip", weights="s3://weights-bucket/clip/w.pt")
     assert spec.checkpoint.startswith(str(tmp_path / "cache")) and spec.name.endswith("file:w.pt")
