@@ -35,6 +35,13 @@ from operators.write import encode_image, read_table, write_report
 
 log = logging.getLogger("framesift")
 DECODE_TASK_MEMORY = 512 * 2**20
+# CPUs a finalize task asks for (at most; see embed_resources). Finalize is mostly I/O, so a
+# fraction lets it run beside the streaming pipeline instead of queueing behind it; half a
+# CPU rather than a quarter, because when a job's last videos all finish at once, four
+# finalize processes per free core crowd out the embedding actor's last model calls,
+# which are the job's critical path (measured on 2 cores, 12 short clips, bf16 cascade,
+# 6 alternating runs each: 9.35 -> 8.68 s on average; dense and long videos unchanged).
+FINALIZE_CPUS = 0.5
 
 
 class JobError(RuntimeError):
@@ -172,14 +179,14 @@ def _embed_resources(ray, cfg: CurateConfig) -> dict:
 
 def embed_resources(cpus: int, gpus: int, cfg: CurateConfig) -> dict:
     """Actor-pool settings for the embedding stage on a cluster of `cpus` CPUs and `gpus`
-    GPUs, and the CPUs each decode task asks for: one GPU per actor when there are GPUs
-    (autoscaling between 1 and their number; decode tasks one CPU each), otherwise one CPU
-    actor whose torch threads use every core. Returns num_gpus, num_cpus, concurrency,
-    threads (None = the embedder's default) and decode_cpus."""
+    GPUs, and the CPUs each decode and finalize task asks for: one GPU per actor when there
+    are GPUs (autoscaling between 1 and their number; decode tasks one CPU each), otherwise
+    one CPU actor whose torch threads use every core. Returns num_gpus, num_cpus,
+    concurrency, threads (None = the embedder's default), decode_cpus and finalize_cpus."""
     conc = cfg.embed_concurrency
     if cfg.embed_device == "gpu" or (cfg.embed_device == "auto" and gpus):
         return {"num_gpus": 1, "num_cpus": 1, "concurrency": conc or (1, max(1, gpus)), "threads": None,
-                "decode_cpus": 1.0}
+                "decode_cpus": 1.0, "finalize_cpus": FINALIZE_CPUS}
     # On CPU one actor reserves all but one core but runs torch on every core. Decode tasks
     # share the core left with a fraction each, so that up to one per core run at once and
     # fill the time the model leaves, which with the cascade is most of it (measured on 2
@@ -187,8 +194,10 @@ def embed_resources(cpus: int, gpus: int, cfg: CurateConfig) -> dict:
     # instead of one; dense unchanged).
     cpus = max(1, cpus)
     actor_cpus = max(1, cpus - 1) if cpus >= 2 else 0.5
+    decode_cpus = (cpus - actor_cpus) / max(2, cpus)
+    # a finalize task must fit beside the actor and one decode task
     return {"num_gpus": 0, "num_cpus": actor_cpus, "concurrency": conc or 1, "threads": cpus,
-            "decode_cpus": (cpus - actor_cpus) / max(2, cpus)}
+            "decode_cpus": decode_cpus, "finalize_cpus": min(FINALIZE_CPUS, cpus - actor_cpus - decode_cpus)}
 
 
 def _query_vector(cfg: CurateConfig, embedder) -> np.ndarray | None:
@@ -349,9 +358,9 @@ def run(cfg: CurateConfig) -> dict:
     if todo:
         ray = _init_ray(cfg)
         lower_priority(cfg.driver_niceness)  # after Ray's local daemons have started
-        # finalising is mostly I/O (the k images, kept or read again; writes): a fractional CPU keeps it
-        # running beside the streaming pipeline instead of queueing behind it
-        finalize = ray.remote(num_cpus=0.25, max_retries=2)(finalize_video)
+        # the k images (kept or read again), the tables' writes: mostly I/O (see FINALIZE_CPUS)
+        res = _embed_resources(ray, cfg) if spec.kind == "clip" else None
+        finalize = ray.remote(num_cpus=res["finalize_cpus"] if res else FINALIZE_CPUS, max_retries=2)(finalize_video)
         settings_ref = ray.put(settings)
         assembler = VideoAssembler()
         inflight: list = []

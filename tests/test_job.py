@@ -312,12 +312,13 @@ def test_query_method_without_query_is_a_usage_error(tmp_path):
 def test_cpu_embedding_leaves_room_for_decode_and_finalize(cpus):
     res = curate.embed_resources(cpus, 0, CurateConfig())
     assert res["num_gpus"] == 0 and res["threads"] == cpus
-    # the actor, one decode task per core at most, and a finalize task (0.25 CPU) must fit,
-    # or Ray would never schedule decode beside the actor
+    # the actor, one decode task per core at most, and a finalize task must fit, or Ray
+    # would never schedule decode (or finalize) beside the actor
     spare = cpus - res["num_cpus"]
     assert 0 < res["decode_cpus"] <= spare
     assert spare / res["decode_cpus"] == max(2, cpus)  # decode tasks that can run at once
-    assert res["num_cpus"] + res["decode_cpus"] + 0.25 <= cpus
+    assert 0.25 <= res["finalize_cpus"] <= curate.FINALIZE_CPUS
+    assert res["num_cpus"] + res["decode_cpus"] + res["finalize_cpus"] <= cpus
 
 
 @pytest.mark.parametrize("dense,chunk,ratio,batch", [
