@@ -60,6 +60,7 @@ from operators.features import frame_features
 from operators.finalize import segment_and_select
 from operators.segment import shot_windows as segment_shot_windows
 from operators.select import AUTO_K_MAX, METHODS, Selection, method_names
+from operators.stages import freeze_startup_objects
 from operators.storage import Storage, is_remote, local_copy
 from operators.write import encode_image
 
@@ -407,6 +408,7 @@ class Embedder:
                  chunk_frames: int = 16, dtype: str = "auto") -> None:
         self._model = create_embedder(EmbedderSpec(**spec), batch_size=max_batch_frames,
                                       num_threads=num_threads, dtype=dtype)
+        freeze_startup_objects()  # no full collection walks the model's modules mid-request
         self._chunk_frames = chunk_frames
         self._stats = {"batches": 0, "frames": 0, "busy_s": 0.0, "max_batch_frames": 0,
                        "max_batch_requests": 0}

@@ -217,6 +217,24 @@ def passive_openmp_waits() -> bool:
     return True
 
 
+def freeze_startup_objects() -> int:
+    """Move every object this process holds now into the garbage collector's permanent
+    generation (`gc.freeze`), so that later collections, and the interpreter's teardown when
+    the process exits, no longer walk them. For a long-lived process that has just loaded
+    its model: the modules of torch, torchvision (with torch._dynamo and sympy) and
+    open_clip are ~2,800 modules and a million tracked objects that stay until exit anyway.
+    Objects freed by reference counting are still freed; only cycles made before the call
+    are kept for good. Measured on 2 cores: a process holding the bf16 ViT-B-32 spent 1.2
+    CPU-s exiting, 0.2 frozen; Ray Data ends each run's embedding actor gracefully, so that
+    CPU lands beside the next run's decode (or an autoscaling pool's other work): 12 short
+    clips in bf16, back-to-back runs, four alternating runs each, cascade 8.73 -> 7.82 s,
+    dense 16.78 -> 16.00 s. Returns the number of objects frozen."""
+    import gc
+
+    gc.freeze()
+    return gc.get_freeze_count()
+
+
 class EmbedStage:
     """Chunk rows -> the same rows with `embedding` (float16, L2-normalised, one per sampled
     frame) and `embed_s`, and without the pixels. A stateful actor: the model loads once per actor, on its GPU
@@ -228,6 +246,7 @@ class EmbedStage:
 
         passive_openmp_waits()
         self.embedder = create_embedder(spec, batch_size=batch_size, num_threads=num_threads, dtype=dtype)
+        freeze_startup_objects()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Embed every row's frames in one model pass (rows concatenated, then split back)."""

@@ -181,6 +181,26 @@ def test_embedding_actor_sets_passive_openmp_waits_before_torch_loads():
     assert out.stdout.split() == ["True", "ACTIVE", "False"]
 
 
+def test_embedding_actor_freezes_its_startup_objects_and_later_garbage_is_still_collected(random_clip_file):
+    import gc
+
+    from operators.stages import EmbedStage
+
+    assert gc.get_freeze_count() == 0
+    try:
+        stage = EmbedStage(resolve_embedder("clip", weights=str(random_clip_file)), batch_size=4, dtype="fp32")
+        # the modules of torch, open_clip and the model's objects: far more than a handful
+        assert gc.get_freeze_count() > 100_000
+        out = stage({"frames": np.zeros((1, 2, 224, 224, 3), np.uint8), "group_of": np.zeros((1, 2), np.int64)})
+        assert out["embedding"].shape == (1, 2, 512)
+        cycle: list = []
+        cycle.append(cycle)
+        del cycle
+        assert gc.collect() >= 1  # a cycle made afterwards is still found
+    finally:
+        gc.unfreeze()  # this test process goes on; an actor keeps its objects frozen until exit
+
+
 def test_weights_from_environment_variable(random_clip_file, monkeypatch):
     monkeypatch.setenv("FRAMESIFT_CLIP_WEIGHTS", str(random_clip_file))
     assert resolve_embedder("clip", validate=False).checkpoint == str(random_clip_file)
