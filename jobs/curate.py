@@ -234,14 +234,15 @@ def preflight(cfg: CurateConfig, storage: Storage):
     return todo, len(sources) - len(todo), spec
 
 
-def build_dataset(ray, cfg: CurateConfig, storage: Storage, todo: list, spec):
-    """The streaming Ray Data dataset of embedded chunk rows for the videos in `todo`."""
+def build_dataset(ray, cfg: CurateConfig, storage: Storage, todo: list, spec, res: dict | None = None):
+    """The streaming Ray Data dataset of embedded chunk rows for the videos in `todo`;
+    `res` is embed_resources' answer for the cluster (looked up when None)."""
     import ray.data
 
     from operators.stages import DecodeStage, EmbedStage
 
     use_clip = spec.kind == "clip"
-    res = _embed_resources(ray, cfg) if use_clip else None
+    res = (res or _embed_resources(ray, cfg)) if use_clip else None
     if res and not res["num_gpus"] and cfg.embed_dtype == "fp16":
         raise ConfigError("--embed-dtype fp16 needs a GPU, and this cluster embeds on CPUs; "
                           "use bf16, fp32 or auto")
@@ -378,7 +379,7 @@ def run(cfg: CurateConfig) -> dict:
                     log.info("videos finished: %d / %d", len(rows), len(todo))
                     last_log = time.time()
 
-        ds = build_dataset(ray, cfg, storage, todo, spec)
+        ds = build_dataset(ray, cfg, storage, todo, spec, res)
         for chunk in ds.iter_rows():
             payload = assembler.add(chunk)
             if payload is not None:
