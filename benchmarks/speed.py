@@ -14,7 +14,8 @@ gets its own video id) until the corpus holds at least ``--minutes`` of footage.
 1. decode limit: the project's decoder alone (``operators.decode.iter_chunks``, model-sized frames at
    ``--fps``), no Ray: one process, and a pool of N = cores processes;
 2. model limit: the open_clip image tower alone (``operators.embed.ClipEmbedder``) on random
-   uint8 frames at the job's batch size and precision, torch threads = cores;
+   uint8 frames at the job's batch size and precision, threads = cores (run as the job's
+   CPU actor runs it: each thread one torch thread on its own slice of a batch);
 3. naive baseline: a plain per-video loop, no Ray (decode every sampled frame, embed every
    one, faiss k-means);
 4. the framesift job, dense (``--dense``): ``jobs.curate.run(cfg)`` timed whole;

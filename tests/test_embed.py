@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from operators.embed import (
     EmbedderSpec,
     FeatureEmbedder,
     WeightsError,
+    batch_slices,
     create_embedder,
     embed_dtype,
     resolve_embedder,
@@ -61,6 +63,50 @@ def test_batching_does_not_change_results(random_clip, frames):
 ZEN4 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n"
 HASWELL = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n"
 GRAVITON3 = "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n"
+
+
+@pytest.mark.parametrize(
+    ("n", "batch", "workers"),
+    [(0, 32, 2), (1, 32, 2), (5, 32, 2), (64, 32, 2), (65, 32, 2), (200, 32, 2), (33, 32, 1), (7, 4, 3), (1000, 32, 16)],
+)
+def test_batch_slices_cover_every_frame_once_in_equal_slices_shared_evenly(n, batch, workers):
+    slices = batch_slices(n, batch, workers)
+    covered = np.concatenate([np.arange(n)[s] for s in slices]) if slices else np.zeros(0, int)
+    assert np.array_equal(covered, np.arange(n))  # every frame once, in order
+    sizes = [s.stop - s.start for s in slices]
+    assert all(0 < size <= batch for size in sizes)
+    assert not sizes or max(sizes) - min(sizes) <= 1
+    if n >= workers:
+        assert len(slices) % workers == 0  # every worker gets as many slices
+    if len(slices) > workers:
+        assert n > (len(slices) - workers) * batch  # one round fewer would overfill a slice
+
+
+def test_cpu_threads_split_the_batch_and_embed_exactly_as_one_call(random_clip_file, frames):
+    spec = resolve_embedder("clip", weights=str(random_clip_file))
+    threads = torch.get_num_threads()
+    try:
+        whole = ClipEmbedder(spec, device="cpu", batch_size=4, num_threads=2, dtype="fp32",
+                             split_batches=False)
+        split = ClipEmbedder(spec, device="cpu", batch_size=4, num_threads=2, dtype="fp32")
+        assert split.workers == 2 and torch.get_num_threads() == 1
+        calls: list[tuple[str, int]] = []
+        encode_image = split.model.encode_image
+
+        def recorded(x):
+            calls.append((threading.current_thread().name, len(x)))
+            return encode_image(x)
+
+        split.model.encode_image = recorded
+        a, b = whole.encode_frames(frames), split.encode_frames(frames)
+    finally:
+        torch.set_num_threads(threads)
+    assert np.allclose(a, b, atol=1e-5)
+    # 6 frames, batches of at most 4, 2 threads: two slices of 3, run in the pool's threads
+    assert sorted(n for _, n in calls) == [3, 3]
+    assert all(name.startswith("clip-image") for name, _ in calls)
+    with pytest.raises(ValueError, match="224"):
+        split.encode_frames(np.zeros((2, 100, 100, 3), np.uint8))
 
 
 def test_precision_follows_the_hardware():
