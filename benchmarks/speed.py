@@ -14,8 +14,9 @@ gets its own video id) until the corpus holds at least ``--minutes`` of footage.
 1. decode limit: the project's decoder alone (``operators.decode.iter_chunks``, model-sized frames at
    ``--fps``), no Ray: one process, and a pool of N = cores processes;
 2. model limit: the open_clip image tower alone (``operators.embed.ClipEmbedder``) on random
-   uint8 frames at the job's batch size and precision, threads = cores (run as the job's
-   CPU actor runs it: each thread one torch thread on its own slice of a batch);
+   uint8 frames at the job's batch size and precision, threads = cores (the faster of each
+   thread on its own slice of a batch, as the job's CPU actor runs it, and torch's own
+   operator threads);
 3. naive baseline: a plain per-video loop, no Ray (decode every sampled frame, embed every
    one, faiss k-means);
 4. the framesift job, dense (``--dense``): ``jobs.curate.run(cfg)`` timed whole;
@@ -272,22 +273,28 @@ def decode_limit(corpus: list[CorpusVideo], fps: float, processes: int) -> tuple
 
 def model_limit(spec, threads: int, batch_size: int, frames: int, dtype: str = "auto") -> float:
     """Frames per second of the CLIP image tower alone on random uint8 frames, at
-    `batch_size` with `threads` torch threads in precision `dtype` (one warm-up batch not
-    timed)."""
+    `batch_size` with `threads` threads in precision `dtype` (one warm-up batch not timed):
+    the faster of the two ways `ClipEmbedder` can use the threads, each thread on its own
+    slice of the batch (as the job's CPU actor runs it) or every operator split across
+    torch's threads (faster alone where OpenMP threads spin between operators)."""
     import torch
 
     from operators.embed import ClipEmbedder
 
     previous = torch.get_num_threads()
-    emb = ClipEmbedder(spec, device="cpu", batch_size=batch_size, num_threads=threads, dtype=dtype)
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (max(batch_size, frames), SIZE, SIZE, 3), dtype=np.uint8)
-    emb.encode_frames(x[:batch_size])
-    t0 = time.perf_counter()
-    emb.encode_frames(x[:frames])
-    rate = frames / (time.perf_counter() - t0)
+    rates = []
+    for split in (True, False):
+        emb = ClipEmbedder(spec, device="cpu", batch_size=batch_size, num_threads=threads, dtype=dtype,
+                           split_batches=split)
+        emb.encode_frames(x[:batch_size])
+        t0 = time.perf_counter()
+        emb.encode_frames(x[:frames])
+        rates.append(frames / (time.perf_counter() - t0))
+        del emb
     torch.set_num_threads(previous)
-    return rate
+    return max(rates)
 
 
 def make_random_checkpoint(path: Path, seed: int = 0) -> str:
