@@ -392,7 +392,7 @@ def run_job(corpus_dir: str, out: str, fps: float, k: int, method: str, weights:
 
 
 def _job_threads(cores: int) -> int | None:
-    """The torch threads the job gives its CPU embedding actor (None if it cannot be read)."""
+    """The threads the job gives its CPU embedding actor (None if it cannot be read)."""
     try:
         import ray
 
@@ -717,7 +717,7 @@ def main(argv: list[str] | None = None) -> int:
         "than wall time.",
     ]
     if model_fps_job:
-        out.append(f"model at the job actor's torch threads ({job_threads}): {model_fps_job:.2f} frames/s "
+        out.append(f"model at the job actor's threads ({job_threads}): {model_fps_job:.2f} frames/s "
                    f"(vs {model_fps:.2f} at {cores} threads)")
     for label, rep in (("dense", rep_d), ("cascade", rep_c)):
         st = rep["stage_seconds"]

@@ -181,7 +181,8 @@ def embed_resources(cpus: int, gpus: int, cfg: CurateConfig) -> dict:
     """Actor-pool settings for the embedding stage on a cluster of `cpus` CPUs and `gpus`
     GPUs, and the CPUs each decode and finalize task asks for: one GPU per actor when there
     are GPUs (autoscaling between 1 and their number; decode tasks one CPU each), otherwise
-    one CPU actor whose torch threads use every core. Returns num_gpus, num_cpus,
+    one CPU actor whose threads (each on its own slice of a batch, see
+    operators.embed.splits_batches) use every core. Returns num_gpus, num_cpus,
     concurrency, threads (None = the embedder's default), decode_cpus and finalize_cpus."""
     conc = cfg.embed_concurrency
     if cfg.embed_device == "gpu" or (cfg.embed_device == "auto" and gpus):
