@@ -279,7 +279,7 @@ def build_dataset(ray, cfg: CurateConfig, storage: Storage, todo: list, spec, re
                 "spec": spec, "batch_size": cfg.embed_batch_size, "num_threads": res["threads"],
                 "dtype": cfg.embed_dtype,
             },
-            batch_size=embed_rows_per_call(cfg),
+            batch_size=embed_rows_per_call(cfg, res["threads"]),
             batch_format="numpy",
             num_cpus=res["num_cpus"],
             num_gpus=res["num_gpus"],
@@ -288,17 +288,23 @@ def build_dataset(ray, cfg: CurateConfig, storage: Storage, todo: list, spec, re
     return ds
 
 
-def embed_rows_per_call(cfg: CurateConfig) -> int:
-    """Chunk rows the embedding actor takes per call, so that a call usually fills one model
-    batch: a dense row holds up to `chunk_frames` frames, a cascade row only its candidates,
-    about `cascade_ratio` of them, so cascade rows are gathered until they add up to
-    `embed_batch_size`. Small model batches are slow on CPUs (bf16 ViT-B-32 on 2 cores: 49
-    frames/s at batch 1, 79 at 4, 85 at 32) and every call is a round trip to the actor
-    (measured on 2 cores, cascade job, 4 rows instead of 1 per call, means of 2-3 alternating
-    runs: 15.6 -> 15.0 s on long videos in fp32, 8.2 -> 7.9 s on the short clips in bf16, and
-    12.0 -> 12.1 s, no gain, on long videos in bf16: small, and within the runs' spread)."""
+def embed_rows_per_call(cfg: CurateConfig, cpu_threads: int | None = None) -> int:
+    """Chunk rows the embedding actor takes per call, so that a call usually brings the
+    model `embed_batch_size` frames, and a CPU actor with `cpu_threads` threads at least
+    CPU_FRAMES_PER_THREAD a thread (each thread embeds its own slice of the call; 16 cores:
+    256 frames a call). A dense row holds up to `chunk_frames` frames, a cascade row only its
+    candidates, about `cascade_ratio` of them, so cascade rows are gathered. Small model
+    batches are slow on CPUs (bf16 ViT-B-32 on 2 cores: 49 frames/s at batch 1, 79 at 4, 85
+    at 32; on 16 cores 305 frames/s in calls of 64, 342 in calls of 256) and every call is a
+    round trip to the actor (measured on 2 cores, cascade job, 4 rows instead of 1 per call,
+    means of 2-3 alternating runs: 15.6 -> 15.0 s on long videos in fp32, 8.2 -> 7.9 s on the
+    short clips in bf16, and 12.0 -> 12.1 s, no gain, on long videos in bf16: small, and
+    within the runs' spread)."""
+    from operators.embed import CPU_FRAMES_PER_THREAD
+
+    frames = max(cfg.embed_batch_size, CPU_FRAMES_PER_THREAD * (cpu_threads or 0))
     per_row = cfg.chunk_frames if cfg.dense else max(1.0, cfg.chunk_frames * cfg.cascade_ratio)
-    return max(1, math.ceil(cfg.embed_batch_size / per_row))
+    return max(1, math.ceil(frames / per_row))
 
 
 def kept_image_frames(cfg: CurateConfig) -> int:

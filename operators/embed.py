@@ -389,18 +389,22 @@ def load_checkpoint_mapped(model, checkpoint: str) -> None:
         del model.load_state_dict
 
 
-# A slice smaller than this runs the tower slower per frame on one thread (ViT-B-32 bf16,
-# one thread: 30, 38, 44, 45, 46 frames/s at 1, 2, 4, 8, 16 frames).
-MIN_SLICE_FRAMES = 8
+# Frames per thread that a CPU actor's call should bring: below this the tower runs slower
+# per frame on one thread (ViT-B-32 bf16, one thread: 30, 38, 44, 45, 46 frames/s at 1, 2, 4,
+# 8, 16 frames), and on 16 cores calls of 16 frames a thread beat calls of 4 (bf16 342
+# against 305 frames/s, fp32 127 against 105; benchmarks.cpu_threads).
+CPU_FRAMES_PER_THREAD = 16
 
 
-def splits_batches(device: str, threads: int, batch_size: int) -> bool:
-    """Whether a ClipEmbedder on `device` with `threads` threads and batches of `batch_size`
-    splits each batch across its threads by default: on a CPU, with more than one thread,
-    where a full batch gives every thread at least MIN_SLICE_FRAMES frames. Larger thread
-    counts per batch keep torch's operator threads (not measured here: every thread would
-    read all the weights for a few frames)."""
-    return device == "cpu" and threads > 1 and batch_size >= MIN_SLICE_FRAMES * threads
+def splits_batches(device: str, threads: int) -> bool:
+    """Whether a ClipEmbedder on `device` with `threads` threads splits each batch across
+    them by default: on a CPU with more than one thread. Each thread then runs the image
+    tower with one torch thread on its own slice, which was faster than torch's operator
+    threads at every size measured (`benchmarks.cpu_threads`): on 2 cores (Zen 4), bf16 85
+    against 76-78 frames/s; on 16 cores (Xeon with AMX), bf16 260 / 305 / 342 against 190 /
+    184 / 184 frames/s at 2, 4 and 16 frames a thread, fp32 106 / 105 / 127 against 94 / 80 /
+    76."""
+    return device == "cpu" and threads > 1
 
 
 def batch_slices(n: int, batch_size: int, workers: int = 1) -> list[slice]:
@@ -423,18 +427,19 @@ class ClipEmbedder:
     (`embed_dtype`: by default fp16 on CUDA, bf16 on CPUs with native bf16, else fp32);
     embeddings come out as float32.
 
-    On a CPU with `num_threads` > 1 (default: torch's thread count) and batches that give
-    each thread at least MIN_SLICE_FRAMES frames (`splits_batches`), the frames are split
-    into equal slices of at most `batch_size` and each of `num_threads` Python threads runs
-    the image tower on its own slices with one torch thread (`split_batches`), instead of
-    every operator being split across the threads: no barrier per operator, so a thread
-    that another process preempts holds up only its own slice. This sets torch's thread
-    count for the whole process to 1. Embeddings are the same either way. Measured on 2
-    cores (Zen 4), ViT-B-32 in batches of 32: alone, bf16 76 -> 85 frames/s and fp32 22.0 ->
-    23.4; beside two processes that each take 8% of a core in short bursts (Ray's daemons,
-    in miniature), bf16 66 -> 78-82; in the job on 12 short clips, alternating runs in one
-    Ray session, bf16 dense 16.9 -> 15.8 s and cascade 8.8 -> 7.9 s (three each), fp32 dense
-    37.7 -> 35.9 s (two each).
+    On a CPU with `num_threads` > 1 (default: torch's thread count; `splits_batches`), the
+    frames are split into equal slices of at most `batch_size` and each of `num_threads`
+    Python threads runs the image tower on its own slices with one torch thread
+    (`split_batches`), instead of every operator being split across the threads: no barrier
+    per operator, so a thread that another process preempts holds up only its own slice,
+    and no operator too small to share out. This sets torch's thread count for the whole
+    process to 1. Embeddings are the same either way. Measured with ViT-B-32 alone
+    (`benchmarks.cpu_threads`): on 2 cores (Zen 4), batches of 32, bf16 76 -> 85 frames/s and
+    fp32 22.0 -> 23.4, and beside two processes that each take 8% of a core in short bursts
+    (Ray's daemons, in miniature) bf16 66 -> 78-82; on 16 cores (Xeon with AMX), calls of 64
+    frames, bf16 184 -> 305 and fp32 80 -> 105. In the job on 12 short clips (2 cores),
+    alternating runs in one Ray session, bf16 dense 16.9 -> 15.8 s and cascade 8.8 -> 7.9 s
+    (three each), fp32 dense 37.7 -> 35.9 s (two each).
     """
 
     def __init__(
@@ -452,7 +457,7 @@ class ClipEmbedder:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         threads = num_threads or torch.get_num_threads()
         if split_batches is None:
-            split_batches = splits_batches(self.device, threads, batch_size)
+            split_batches = splits_batches(self.device, threads)
         self._pool: ThreadPoolExecutor | None = None
         self.workers = 1
         if split_batches:

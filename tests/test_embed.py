@@ -83,12 +83,10 @@ def test_batch_slices_cover_every_frame_once_in_equal_slices_shared_evenly(n, ba
         assert n > (len(slices) - workers) * batch  # one round fewer would overfill a slice
 
 
-def test_batches_are_split_across_cpu_threads_only_where_every_thread_gets_enough_frames():
-    assert splits_batches("cpu", 2, 32)  # the 2-core actor: 16 frames a thread
-    assert splits_batches("cpu", 4, 32) and not splits_batches("cpu", 8, 32)
-    assert splits_batches("cpu", 16, 128)
-    assert not splits_batches("cpu", 1, 32)  # nothing to split
-    assert not splits_batches("cuda", 2, 32) and not splits_batches("cuda:0", 8, 512)
+def test_batches_are_split_across_threads_on_every_multithreaded_cpu_embedder():
+    assert splits_batches("cpu", 2) and splits_batches("cpu", 16)
+    assert not splits_batches("cpu", 1)  # nothing to split
+    assert not splits_batches("cuda", 2) and not splits_batches("cuda:0", 8)
 
 
 def test_cpu_threads_split_the_batch_and_embed_exactly_as_one_call(random_clip_file, frames):

@@ -321,16 +321,22 @@ def test_cpu_embedding_leaves_room_for_decode_and_finalize(cpus):
     assert res["num_cpus"] + res["decode_cpus"] + res["finalize_cpus"] <= cpus
 
 
-@pytest.mark.parametrize("dense,chunk,ratio,batch", [
-    (True, 64, 0.12, 32), (True, 16, 0.12, 32), (False, 64, 0.12, 32), (False, 64, 0.25, 32),
-    (False, 64, 0.12, 256), (False, 4, 0.1, 32),
+@pytest.mark.parametrize("dense,chunk,ratio,batch,threads", [
+    (True, 64, 0.12, 32, None), (True, 16, 0.12, 32, None), (False, 64, 0.12, 32, None),
+    (False, 64, 0.25, 32, None), (False, 64, 0.12, 256, None), (False, 4, 0.1, 32, None),
+    (True, 64, 0.12, 32, 2), (False, 64, 0.12, 32, 2), (True, 64, 0.12, 32, 16), (False, 64, 0.12, 32, 16),
 ])
-def test_embedding_calls_gather_rows_to_fill_a_model_batch(dense, chunk, ratio, batch):
+def test_embedding_calls_gather_rows_to_fill_a_model_batch(dense, chunk, ratio, batch, threads):
+    from operators.embed import CPU_FRAMES_PER_THREAD
+
     cfg = CurateConfig(dense=dense, chunk_frames=chunk, cascade_ratio=ratio, embed_batch_size=batch)
-    rows = curate.embed_rows_per_call(cfg)
+    rows = curate.embed_rows_per_call(cfg, threads)
     per_row = chunk if dense else max(1.0, chunk * ratio)  # frames a row brings to the model
-    assert rows >= 1 and rows * per_row >= batch  # a call fills a batch ...
-    assert rows == 1 or (rows - 1) * per_row < batch  # ... without holding more rows than that
+    want = max(batch, CPU_FRAMES_PER_THREAD * (threads or 0))  # a CPU actor's threads each get enough
+    assert rows >= 1 and rows * per_row >= want  # a call fills a batch ...
+    assert rows == 1 or (rows - 1) * per_row < want  # ... without holding more rows than that
+    if threads == 2:  # the 2-core actor: one dense row, as many cascade rows as without threads
+        assert rows == curate.embed_rows_per_call(cfg)
 
 
 def test_driver_lowers_the_priority_of_all_its_threads_once():
