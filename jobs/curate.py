@@ -171,15 +171,25 @@ def lower_priority(niceness: int) -> int:
     return changed
 
 
+def largest_node_cpus(nodes: list[dict]) -> int:
+    """The most CPUs any one alive node of `nodes` (entries of `ray.nodes()`) has, 0 when
+    none reports any. A CPU embedding actor and the decode tasks beside it share one node,
+    so they are sized from a node, not from the cluster's total (an actor asking for all of
+    a multi-node cluster's CPUs could never be placed)."""
+    return max((int(n.get("Resources", {}).get("CPU", 0)) for n in nodes if n.get("Alive")), default=0)
+
+
 def _embed_resources(ray, cfg: CurateConfig) -> dict:
-    """embed_resources for the cluster Ray is connected to."""
+    """embed_resources for the cluster Ray is connected to: its largest node's CPUs, all of
+    its GPUs."""
     resources = ray.cluster_resources()
-    return embed_resources(int(resources.get("CPU", 1)), int(resources.get("GPU", 0)), cfg)
+    cpus = largest_node_cpus(ray.nodes()) or int(resources.get("CPU", 1))
+    return embed_resources(cpus, int(resources.get("GPU", 0)), cfg)
 
 
 def embed_resources(cpus: int, gpus: int, cfg: CurateConfig) -> dict:
-    """Actor-pool settings for the embedding stage on a cluster of `cpus` CPUs and `gpus`
-    GPUs, and the CPUs each decode and finalize task asks for: one GPU per actor when there
+    """Actor-pool settings for the embedding stage on a cluster of `gpus` GPUs whose nodes
+    have `cpus` CPUs, and the CPUs each decode and finalize task asks for: one GPU per actor when there
     are GPUs (autoscaling between 1 and their number; decode tasks one CPU each), otherwise
     one CPU actor whose threads (each on its own slice of a batch, see
     operators.embed.splits_batches) use every core. Returns num_gpus, num_cpus,

@@ -373,6 +373,21 @@ def test_driver_niceness_is_checked():
         CurateConfig(input="in", output="out", driver_niceness=20).validate()
 
 
+def test_cpu_embedding_is_sized_from_one_node_not_the_cluster():
+    def node(cpus, alive=True, gpus=0):
+        res = {"CPU": float(cpus), "memory": 1e9, **({"GPU": float(gpus)} if gpus else {})}
+        return {"NodeID": "n", "Alive": alive, "Resources": res}
+
+    # a head without CPUs and three 16-core workers (one of them gone): an actor of 16
+    # threads fits on one of them; 47 CPUs would fit nowhere
+    nodes = [node(0), node(16), node(16), node(32, alive=False)]
+    assert curate.largest_node_cpus(nodes) == 16
+    assert curate.largest_node_cpus([node(8), node(4, gpus=1)]) == 8
+    assert curate.largest_node_cpus([node(0)]) == 0 and curate.largest_node_cpus([]) == 0
+    res = curate.embed_resources(curate.largest_node_cpus(nodes), 0, CurateConfig())
+    assert res["threads"] == 16 and res["num_cpus"] <= 16
+
+
 def test_images_are_kept_for_jpeg_output_only():
     assert curate.kept_image_frames(CurateConfig()) == 256
     assert curate.kept_image_frames(CurateConfig(keep_images_max_frames=0)) == 0
