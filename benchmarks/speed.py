@@ -684,7 +684,10 @@ def main(argv: list[str] | None = None) -> int:
         (f"cascade coverage >= 0.98 of dense: {q['coverage_ratio']:.4f} (CLIP, dense embeddings); "
          f"{q['feature_coverage_ratio']:.4f} (training-free features)", q["coverage_ratio"] >= 0.98),
         (f"cascade shot recall >= 0.98 of dense: {q['recall_ratio']:.4f}", q["recall_ratio"] >= 0.98),
-        (f"cascade >= 3x faster than dense end to end: {t_d / t_c:.2f}x", t_d / t_c >= 3.0),
+        # both jobs decode every sampled frame: the speed-up cannot pass the ratio of their limits
+        (f"cascade >= 3x faster than dense end to end: {t_d / t_c:.2f}x (at most "
+         f"{rows[4]['bind'] / rows[5]['bind']:.2f}x with no overhead: dense / cascade binding limit)",
+         t_d / t_c >= 3.0),
         (f"dense job >= 0.8 of binding limit: {rows[4]['x_bind']:.2f}", rows[4]["x_bind"] >= 0.8),
     ]
     m = q["mean"]
