@@ -378,8 +378,8 @@ def test_cpu_embedding_is_sized_from_one_node_not_the_cluster():
         res = {"CPU": float(cpus), "memory": 1e9, **({"GPU": float(gpus)} if gpus else {})}
         return {"NodeID": "n", "Alive": alive, "Resources": res}
 
-    # a head without CPUs and three 16-core workers (one of them gone): an actor of 16
-    # threads fits on one of them; 47 CPUs would fit nowhere
+    # a head without CPUs, two 16-core workers and a 32-core one that is gone: an actor of
+    # 16 threads fits on a worker; one sized from the 32 CPUs alive would fit on no node
     nodes = [node(0), node(16), node(16), node(32, alive=False)]
     assert curate.largest_node_cpus(nodes) == 16
     assert curate.largest_node_cpus([node(8), node(4, gpus=1)]) == 8
