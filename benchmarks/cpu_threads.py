@@ -103,7 +103,7 @@ def render(rows: list[dict], cores: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, measure every layout, print the table; returns the exit status."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.cpu_threads", description=__doc__.split("\n\n")[0])
     ap.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="cores to fill (default: all)")
     ap.add_argument("--processes", default=None,
                     help="comma-separated process counts (default: 1, 2, 4, ... up to the cores)")
