@@ -178,6 +178,33 @@ def _tree_ticks(root: int) -> dict[int, int]:
     return mine
 
 
+# What a Ray worker runs, from the title Ray gives its process ("ray::MapBatches(DecodeStage)")
+JOB_ROLES = (("EmbedStage", "embedding actor"), ("DecodeStage", "decode"), ("finalize_video", "finalize"))
+ROLE_ORDER = ("embedding actor", "decode", "finalize", "driver", "Ray")
+IDLE_WORKER = "ray::IDLE"
+
+
+def process_role(cmdline: str, is_root: bool) -> str:
+    """The part of a job a process of this benchmark's tree plays, from its command line:
+    "driver" for the benchmark process itself, a JOB_ROLES stage for a Ray worker running
+    it, and "Ray" for everything else (raylet, GCS, dashboard, Ray Data's own actors, idle
+    workers). An idle worker is "" (its CPU then goes to what it ran last: see CpuMeter)."""
+    if is_root:
+        return "driver"
+    for marker, role in JOB_ROLES:
+        if marker in cmdline:
+            return role
+    return "" if cmdline.startswith(IDLE_WORKER) else "Ray"
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 class CpuMeter:
     """Wall time of a phase, and the CPU that the REST of the machine (processes this
     benchmark did not start) used meanwhile, in cores. The build machine is shared, so every
@@ -186,6 +213,11 @@ class CpuMeter:
     Own CPU = this process and all its descendants (pool workers, Ray's raylet, workers and
     actors), sampled every `interval` s so that processes ending within the phase still
     count (up to their last sample); others = machine busy time (/proc/stat) - own.
+
+    `by_role` splits own CPU by `process_role`: each process's CPU between two samples goes
+    to its role at the later one, or, if it is an idle Ray worker by then, to its role at the
+    earlier one (the task it finished). Ray names a worker after its task only while it runs,
+    so a task that starts and ends between two samples lands in "Ray".
     """
 
     def __init__(self, interval: float = 0.5) -> None:
@@ -194,11 +226,17 @@ class CpuMeter:
         self.other_cores = 0.0
         self.own_cores = 0.0
         self.own_s = 0.0
+        self.by_role: dict[str, float] = {}
 
     def _sample(self) -> None:
         for pid, t in _tree_ticks(self._root).items():
-            self._first.setdefault(pid, 0 if self._started else t)
-            self._last[pid] = max(t, self._last.get(pid, 0))
+            first = self._first.setdefault(pid, 0 if self._started else t)
+            previous = self._last.get(pid, first)
+            role = process_role(_cmdline(pid), pid == self._root) or self._role.get(pid, "Ray")
+            if t > previous:
+                self._ticks[role] = self._ticks.get(role, 0) + t - previous
+            self._role[pid] = role
+            self._last[pid] = max(t, previous)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
@@ -208,6 +246,8 @@ class CpuMeter:
         import threading
 
         self._root, self._first, self._last, self._started = os.getpid(), {}, {}, False
+        self._role: dict[int, str] = {}
+        self._ticks: dict[str, int] = {}
         self._sample()
         self._started = True
         self._stop = threading.Event()
@@ -222,8 +262,10 @@ class CpuMeter:
         self._stop.set()
         self._thread.join()
         self._sample()
-        own = sum(self._last[p] - self._first[p] for p in self._last) / os.sysconf("SC_CLK_TCK")
+        hz = os.sysconf("SC_CLK_TCK")
+        own = sum(self._last[p] - self._first[p] for p in self._last) / hz
         self.own_s = own
+        self.by_role = {role: ticks / hz for role, ticks in self._ticks.items()}
         self.own_cores = own / max(self.wall, 1e-9)
         self.other_cores = max(0.0, busy - own) / max(self.wall, 1e-9)
 
@@ -728,6 +770,10 @@ def main(argv: list[str] | None = None) -> int:
         out.append(f"{label} job stage seconds (summed over videos): "
                    + ", ".join(f"{k_[:-2]} {v:.1f}" for k_, v in st.items())
                    + f"; model rate inside the job {rate:.2f} frames/s")
+    for label in ("dense", "cascade"):
+        roles = meters[label].by_role
+        out.append(f"{label} job CPU by process, s (own CPU {meters[label].own_s:.1f}; a worker counts as "
+                   "what it runs): " + ", ".join(f"{r} {roles.get(r, 0.0):.1f}" for r in ROLE_ORDER))
     out += [
         "",
         f"selection quality, mean over {len(q['per_video'])} videos (dense = the dense job's selection):",
@@ -754,6 +800,7 @@ def main(argv: list[str] | None = None) -> int:
                 "limits": {"decode_fps": [n2 / t_decn_a, n2 / t_decn_b], "model_fps": [model_fps_a, model_fps_b],
                            "model_fps_job_threads": model_fps_job, "job_threads": job_threads},
                 "other_cores": {k_: mt.other_cores for k_, mt in meters.items()},
+                "cpu_by_process": {k_: meters[k_].by_role for k_ in ("dense", "cascade")},
             }, f, indent=2, default=float)
     return 0
 
