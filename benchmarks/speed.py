@@ -178,9 +178,14 @@ def _tree_ticks(root: int) -> dict[int, int]:
     return mine
 
 
-# What a Ray worker runs, from the title Ray gives its process ("ray::MapBatches(DecodeStage)")
-JOB_ROLES = (("EmbedStage", "embedding actor"), ("DecodeStage", "decode"), ("finalize_video", "finalize"))
-ROLE_ORDER = ("embedding actor", "decode", "finalize", "driver", "Ray")
+# What a Ray worker runs, from the title Ray gives its process ("ray::MapBatches(DecodeStage)").
+# Decode and finalize share one role: both are tasks in the same workers, and a finalize task
+# is often shorter than CpuMeter's interval, so its CPU could not be told from the decode
+# task its worker ran before.
+DECODE_AND_FINALIZE = "decode + finalize tasks"
+JOB_ROLES = (("EmbedStage", "embedding actor"), ("DecodeStage", DECODE_AND_FINALIZE),
+             ("finalize_video", DECODE_AND_FINALIZE))
+ROLE_ORDER = ("embedding actor", DECODE_AND_FINALIZE, "driver", "Ray")
 IDLE_WORKER = "ray::IDLE"
 
 
@@ -217,7 +222,8 @@ class CpuMeter:
     `by_role` splits own CPU by `process_role`: each process's CPU between two samples goes
     to its role at the later one, or, if it is an idle Ray worker by then, to its role at the
     earlier one (the task it finished). Ray names a worker after its task only while it runs,
-    so a task that starts and ends between two samples lands in "Ray".
+    so a task that starts and ends between two samples counts as the worker's previous task,
+    or as "Ray" for a fresh worker.
     """
 
     def __init__(self, interval: float = 0.5) -> None:
