@@ -238,10 +238,12 @@ class CpuMeter:
         for pid, t in _tree_ticks(self._root).items():
             first = self._first.setdefault(pid, 0 if self._started else t)
             previous = self._last.get(pid, first)
-            role = process_role(_cmdline(pid), pid == self._root) or self._role.get(pid, "Ray")
-            if t > previous:
+            # a process that used no CPU since the last sample keeps its role unread: most of
+            # Ray's ~100 processes are idle in any half second, and this thread runs in the driver
+            if t > previous or pid not in self._role:
+                role = process_role(_cmdline(pid), pid == self._root) or self._role.get(pid, "Ray")
                 self._ticks[role] = self._ticks.get(role, 0) + t - previous
-            self._role[pid] = role
+                self._role[pid] = role
             self._last[pid] = max(t, previous)
 
     def _loop(self) -> None:
