@@ -12,7 +12,8 @@ dense chunk row is 64) for `--seconds`. The ways:
 
 * ``operator``: torch's intra-op threads, T per process (every operator split across them);
 * ``split``: T Python threads per process, each running the tower with one torch thread on its
-  own slice of the call (`ClipEmbedder(split_batches=True)`, the default on a CPU);
+  own slice of the call (`ClipEmbedder(split_batches=True)`, the default on a CPU with more
+  than one thread: `operators.embed.splits_batches`);
 
 one thread per process is both. Prints frames/s for the node, per core and against the best
 layout, for each precision (`--dtypes`; `auto` is the job's: bf16 on CPUs with native bf16).
