@@ -31,6 +31,8 @@ import time
 
 import numpy as np
 
+from benchmarks.common import markdown_table
+
 MODEL = "ViT-B-32"
 
 
@@ -90,20 +92,21 @@ def layouts(cores: int, processes: list[int]) -> list[tuple[int, int, str]]:
 
 def render(rows: list[dict], cores: int) -> str:
     """Markdown table of the measured layouts, per precision, best first."""
-    lines = ["| precision | processes x threads | way | frames/call | frames/s (node) | per core | x best | cores busy |",
-             "|---|---|---|---|---|---|---|---|"]
+    head = ["precision", "processes x threads", "way", "frames/call", "frames/s (node)", "per core", "x best",
+            "cores busy"]
+    cells = []
     for dtype in dict.fromkeys(r["dtype"] for r in rows):
         sub = sorted((r for r in rows if r["dtype"] == dtype), key=lambda r: -r["fps"])
         best = sub[0]["fps"]
         for r in sub:
             way = r["way"] if r["threads"] > 1 else "one thread"
-            lines.append(f"| {dtype} | {r['processes']} x {r['threads']} | {way} | {r['frames']} | "
-                         f"{r['fps']:.1f} | {r['fps'] / cores:.2f} | {r['fps'] / best:.2f} | {r['cores_busy']:.2f} |")
-    return "\n".join(lines)
+            cells.append([dtype, f"{r['processes']} x {r['threads']}", way, str(r["frames"]), f"{r['fps']:.1f}",
+                          f"{r['fps'] / cores:.2f}", f"{r['fps'] / best:.2f}", f"{r['cores_busy']:.2f}"])
+    return markdown_table(head, cells)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Parse arguments, measure every layout, print the table; returns the exit status."""
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
     ap = argparse.ArgumentParser(prog="python -m benchmarks.cpu_threads", description=__doc__.split("\n\n")[0])
     ap.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="cores to fill (default: all)")
     ap.add_argument("--processes", default=None,
@@ -112,7 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtypes", default="auto,fp32", help="comma-separated precisions (auto = the job's)")
     ap.add_argument("--seconds", type=float, default=3.0, help="timed seconds per layout")
     ap.add_argument("--json", default=None, help="also write the rows here")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, measure every layout, print the table; returns the exit status."""
+    args = parse_args(argv)
     if args.processes:
         procs = [int(p) for p in args.processes.split(",")]
     else:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.speed import VIDEO_SUFFIXES, VIDEOS_DIR
+from benchmarks.common import VIDEOS_DIR, encode_h264, markdown_table, videos_in
 from operators.decode import _reader, model_geometry, probe_video, sample_indices, sampling_step
 
 SIZE = 224
@@ -41,18 +41,9 @@ def encode_x264(src: str, dest: str) -> str:
     with av.open(src) as inp:
         stream = inp.streams.video[0]
         rate = max(1, int(round(float(stream.average_rate or 25))))
-        with av.open(dest, "w") as out:
-            ost = out.add_stream("libx264", rate=rate)
-            ost.width = stream.codec_context.width // 2 * 2
-            ost.height = stream.codec_context.height // 2 * 2
-            ost.pix_fmt = "yuv420p"
-            ost.options = {"preset": "medium", "crf": "23"}
-            for frame in inp.decode(stream):
-                rgb = frame.to_ndarray(format="rgb24")[: ost.height, : ost.width]
-                for packet in ost.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
-                    out.mux(packet)
-            for packet in ost.encode():
-                out.mux(packet)
+        width, height = stream.codec_context.width // 2 * 2, stream.codec_context.height // 2 * 2
+        frames = (f.to_ndarray(format="rgb24")[:height, :width] for f in inp.decode(stream))
+        encode_h264(dest, frames, rate, width, height, {"preset": "medium", "crf": "23"})
     return dest
 
 
@@ -103,28 +94,31 @@ def measure(paths: list[str], fps: float, runs: int) -> list[dict]:
 
 def render(title: str, rows: list[dict]) -> str:
     """Markdown table of `measure`'s rows with a total line."""
-    out = [f"{title}", "",
-           "| file | B-frames | frames sampled | pictures decoded, off / on | CPU s, off / on | speed-up |",
-           "|---|---|---|---|---|---|"]
-    for r in rows + [{
+    total = {
         "file": "**all**", "b_share": None, "sampled": sum(r["sampled"] for r in rows),
         "decoded_off": sum(r["decoded_off"] for r in rows), "decoded_on": sum(r["decoded_on"] for r in rows),
         "cpu_off": sum(r["cpu_off"] for r in rows), "cpu_on": sum(r["cpu_on"] for r in rows),
-    }]:
-        share = "" if r["b_share"] is None else f"{100 * r['b_share']:.0f}%"
-        out.append(f"| {r['file']} | {share} | {r['sampled']} | {r['decoded_off']} / {r['decoded_on']} | "
-                   f"{r['cpu_off']:.3f} / {r['cpu_on']:.3f} | {r['cpu_off'] / r['cpu_on']:.2f}x |")
-    return "\n".join(out)
+    }
+    head = ["file", "B-frames", "frames sampled", "pictures decoded, off / on", "CPU s, off / on", "speed-up"]
+    cells = [[r["file"], "" if r["b_share"] is None else f"{100 * r['b_share']:.0f}%", str(r["sampled"]),
+              f"{r['decoded_off']} / {r['decoded_on']}", f"{r['cpu_off']:.3f} / {r['cpu_on']:.3f}",
+              f"{r['cpu_off'] / r['cpu_on']:.2f}x"] for r in rows + [total]]
+    return f"{title}\n\n" + markdown_table(head, cells)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--videos", default=str(VIDEOS_DIR), help="folder of real videos")
     p.add_argument("--fps", type=float, default=1.0, help="sampling rate, as the job's --fps")
     p.add_argument("--runs", type=int, default=3, help="runs of each setting; the fastest counts")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
 
-    originals = sorted(str(f) for f in Path(args.videos).iterdir() if f.suffix.lower() in VIDEO_SUFFIXES)
+
+def main(argv: list[str] | None = None) -> int:
+    """Run both corpora and print their tables."""
+    args = parse_args(argv)
+    originals = [str(f) for f in videos_in(args.videos)]
     work = Path(tempfile.mkdtemp(prefix="framesift_decode_skip_"))
     try:
         t0 = time.perf_counter()

@@ -28,11 +28,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from benchmarks.common import VIDEOS_DIR, markdown_table
 from benchmarks.quality_data import (
     HARD_CUT_TRUTH,
     NEGATIVE_TRUTH,
     PARTIAL_TRUTH,
-    VIDEOS_DIR,
     decode_sequential,
     soft_transition_set,
 )
@@ -185,15 +185,12 @@ def needle_cells(sources: dict[str, tuple[np.ndarray, np.ndarray]], trials: int,
 
 def render(rows: list[tuple[str, dict[str, str]]], columns: list[str]) -> str:
     """A Markdown table; missing cells are dashes."""
-    lines = ["| method | " + " | ".join(columns) + " |",
-             "|---|" + "---|" * len(columns)]
-    for name, cells in rows:
-        lines.append(f"| {name} | " + " | ".join(cells.get(c, "—") for c in columns) + " |")
-    return "\n".join(lines)
+    return markdown_table(["method", *columns], ([name, *(cells.get(c, "—") for c in columns)]
+                                                 for name, cells in rows))
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run the benchmark and print the table."""
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workdir", default=os.path.join("/tmp", "framesift-quality"),
                     help="cache for the made soft-transition videos")
@@ -203,7 +200,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--decoder", choices=["project", "pyav"], default="project",
                     help="operators.decode.decode_video, or sequential PyAV as a cross-check")
     ap.add_argument("--verbose", action="store_true", help="print found boundaries per video")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark and print the table."""
+    args = parse_args(argv)
     t0 = time.time()
 
     def video(name: str, path: str, truth: list[float]) -> Video:

@@ -10,14 +10,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from fractions import Fraction
-from pathlib import Path
 
 import av
 import av.filter
 import cv2
 import numpy as np
 
-VIDEOS_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "videos"
+from benchmarks.common import VIDEOS_DIR, encode_h264
 
 # Shot boundaries in seconds, from ../shared/videos/SOURCES.md (read off 4 fps frame sheets).
 HARD_CUT_TRUTH: dict[str, list[float]] = {
@@ -119,15 +118,7 @@ def xfade(a: np.ndarray, b: np.ndarray, transition: str, duration_s: float,
 
 def write_video(path: str, frames: np.ndarray, fps: int = FPS) -> None:
     """Encode RGB ``frames`` to an H.264 MP4 at ``path``."""
-    with av.open(path, "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
-        stream.options = {"crf": "18", "preset": "veryfast"}
-        for img in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    encode_h264(path, frames, fps, WIDTH, HEIGHT, {"crf": "18", "preset": "veryfast"})
 
 
 def _plan(rng: np.random.Generator, n_videos: int, clips_per_video: int, clip_s: float

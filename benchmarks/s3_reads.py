@@ -18,20 +18,14 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.speed import VIDEOS_DIR, build_corpus
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from benchmarks.common import VIDEOS_DIR, free_port, markdown_table
+from benchmarks.speed import build_corpus
 
 
 class ByteCounter:
@@ -62,7 +56,7 @@ def start_server() -> tuple[object, ByteCounter, str]:
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
     counter = ByteCounter(DomainDispatcherApplication(create_backend_app))
-    port = _free_port()
+    port = free_port()
     server = make_server("127.0.0.1", port, counter, threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, counter, f"http://127.0.0.1:{port}"
@@ -78,13 +72,18 @@ def run_job(cli: list[str], env: dict) -> float:
     return wall
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the comparison and print the table."""
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
     p = argparse.ArgumentParser(prog="python -m benchmarks.s3_reads", description=__doc__.split("\n\n")[0])
     p.add_argument("--videos", default=str(VIDEOS_DIR), help="folder of real videos")
     p.add_argument("--minutes", type=float, default=10.0, help="footage in the corpus, at least")
     p.add_argument("--runs", type=int, default=2, help="runs of each setting, alternating")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the comparison and print the table."""
+    args = parse_args(argv)
     for key, value in (("AWS_ACCESS_KEY_ID", "bench"), ("AWS_SECRET_ACCESS_KEY", "bench"),
                        ("AWS_DEFAULT_REGION", "us-east-1")):
         os.environ.setdefault(key, value)
@@ -117,10 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     print(f"corpus: {len(corpus)} files, {size / 2**20:.1f} MiB, in a moto S3 server on loopback; "
           f"job: --embedder features --fps 1 --k 16, each run in a fresh process with its own local Ray\n")
-    print("| source cache | run | MiB read (GET) | x corpus size | job wall s |")
-    print("|---|---|---|---|---|")
-    for cache, run, sent, ratio, wall in rows:
-        print(f"| {cache} | {run} | {sent / 2**20:.1f} | {ratio:.2f} | {wall:.1f} |")
+    print(markdown_table(["source cache", "run", "MiB read (GET)", "x corpus size", "job wall s"],
+                         ([cache, str(run), f"{sent / 2**20:.1f}", f"{ratio:.2f}", f"{wall:.1f}"]
+                          for cache, run, sent, ratio, wall in rows)))
     return 0
 
 

@@ -32,7 +32,6 @@ import json
 import logging
 import math
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -42,6 +41,8 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+
+from benchmarks.common import free_port, markdown_table
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -78,12 +79,6 @@ class Row:
 
 HEADER = ["batching", "concurrency", "requests (in window)", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors",
           "mean model batch (frames)", "max requests / batch", "model frames/s while busy"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_clip(folder: Path, seconds: float) -> Path:
@@ -183,9 +178,7 @@ def measure(base: str, body: dict, modes: list[str], concurrency: int, args) -> 
 
 def table(rows: list[Row]) -> str:
     """Markdown table of the rows."""
-    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    lines += ["| " + " | ".join(r.cells()) + " |" for r in rows]
-    return "\n".join(lines)
+    return markdown_table(HEADER, (r.cells() for r in rows))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -222,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     clip = make_clip(folder, args.clip_s)
     body = {"uri": str(clip), "method": "kmeans", "k": 2, "fps": args.fps}
     ray.init(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"log_level": "WARNING"})
     base = f"http://127.0.0.1:{port}"
     modes = ["off", "on"] if args.embedder == "clip" else ["features"]

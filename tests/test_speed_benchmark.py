@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.speed import process_role
+from benchmarks.common import process_role
 
 
 def test_process_role_names_ray_workers_by_the_stage_they_run():
@@ -44,7 +44,7 @@ def test_cpu_meter_gives_a_finished_tasks_cpu_to_its_stage_not_to_the_idle_worke
     meter = textwrap.dedent(
         f"""
         import json, subprocess, sys
-        from benchmarks.speed import CpuMeter
+        from benchmarks.common import CpuMeter
         with CpuMeter(interval=1.0) as meter:
             subprocess.run(["bash", "-c", 'exec -a "ray::MapBatches(DecodeStage)" "$0" -c "$1"',
                             sys.executable, {busy!r}], check=True)

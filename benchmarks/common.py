@@ -1,0 +1,222 @@
+"""Helpers that several benchmarks share: where the real videos are, a free loopback port,
+Markdown tables, an H.264 writer, and the CPU meter that says what the rest of a shared
+machine used while a benchmark row ran.
+
+Light to import (the standard library; PyAV only inside `encode_h264`), so that every
+benchmark can use it before its heavy imports.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+# The real videos beside the checkout, as the tests find them (tests/conftest.py).
+VIDEOS_DIR = Path(os.environ.get("FRAMESIFT_SHARED_VIDEOS", REPO.parent / "shared" / "videos"))
+SAMPLE_VIDEOS_DIR = REPO / "samples" / "videos"
+VIDEO_SUFFIXES = (".avi", ".webm", ".mpg", ".mp4", ".mkv", ".mov")
+
+
+# --------------------------------------------------------------------------- videos
+
+
+def videos_in(folder: str | Path) -> list[Path]:
+    """The video files of `folder` (by suffix), in name order."""
+    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
+
+
+def find_videos(folder: str | None = None) -> list[str]:
+    """The videos of `folder`, or of the first of the real videos (`VIDEOS_DIR`), a
+    shared/videos inside the checkout and samples/videos that holds any."""
+    candidates = [Path(folder)] if folder else [VIDEOS_DIR, REPO / "shared" / "videos", SAMPLE_VIDEOS_DIR]
+    for d in candidates:
+        if d.is_dir():
+            found = [str(p) for p in videos_in(d)]
+            if found:
+                return found
+    raise SystemExit(f"no videos found in {', '.join(str(d) for d in candidates)}")
+
+
+def encode_h264(dest: str, frames: Iterable, rate: int, width: int, height: int,
+                options: dict[str, str]) -> None:
+    """Encode RGB uint8 `frames` (each (height, width, 3)) with libx264 in yuv420p at `rate`
+    frames per second into `dest` (the container from its name), with the encoder
+    `options` (preset, crf)."""
+    import av
+
+    with av.open(dest, "w") as out:
+        stream = out.add_stream("libx264", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = options
+        for img in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+
+
+# --------------------------------------------------------------------------- network, tables
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 just now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def markdown_table(head: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """A Markdown table: the header, its rule, a line per row of cells."""
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- machine load
+
+
+def _busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy since boot (all cores, /proc/stat)."""
+    with open("/proc/stat") as f:
+        parts = [int(x) for x in f.readline().split()[1:]]
+    idle = parts[3] + (parts[4] if len(parts) > 4 else 0)
+    return (sum(parts[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _tree_ticks(root: int) -> dict[int, int]:
+    """utime + stime clock ticks of `root` and every live descendant, by pid."""
+    parent: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                rest = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        parent[int(entry)] = int(rest[1])
+        ticks[int(entry)] = int(rest[11]) + int(rest[12])
+    mine: dict[int, int] = {}
+    for pid in parent:
+        p, hops = pid, 0
+        while p and p != root and hops < 64:
+            p, hops = parent.get(p, 0), hops + 1
+        if p == root:
+            mine[pid] = ticks[pid]
+    return mine
+
+
+# What a Ray worker runs, from the title Ray gives its process ("ray::MapBatches(DecodeStage)").
+# Decode and finalize share one role: both are tasks in the same workers, and a finalize task
+# is often shorter than CpuMeter's interval, so its CPU could not be told from the decode
+# task its worker ran before.
+DECODE_AND_FINALIZE = "decode + finalize tasks"
+JOB_ROLES = (("EmbedStage", "embedding actor"), ("DecodeStage", DECODE_AND_FINALIZE),
+             ("finalize_video", DECODE_AND_FINALIZE))
+ROLE_ORDER = ("embedding actor", DECODE_AND_FINALIZE, "driver", "Ray")
+IDLE_WORKER = "ray::IDLE"
+
+
+def process_role(cmdline: str, is_root: bool) -> str:
+    """The part of a job a process of this benchmark's tree plays, from its command line:
+    "driver" for the benchmark process itself, a JOB_ROLES stage for a Ray worker running
+    it, and "Ray" for everything else (raylet, GCS, dashboard, Ray Data's own actors, idle
+    workers). An idle worker is "" (its CPU then goes to what it ran last: see CpuMeter)."""
+    if is_root:
+        return "driver"
+    for marker, role in JOB_ROLES:
+        if marker in cmdline:
+            return role
+    return "" if cmdline.startswith(IDLE_WORKER) else "Ray"
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+class CpuMeter:
+    """Wall time of a phase, and the CPU that the REST of the machine (processes this
+    benchmark did not start) used meanwhile, in cores. The build machine is shared, so every
+    row says how much of it other work took.
+
+    Own CPU = this process and all its descendants (pool workers, Ray's raylet, workers and
+    actors), sampled every `interval` s so that processes ending within the phase still
+    count (up to their last sample); others = machine busy time (/proc/stat) - own.
+
+    `by_role` splits own CPU by `process_role`: each process's CPU between two samples goes
+    to its role at the later one, or, if it is an idle Ray worker by then, to its role at the
+    earlier one (the task it finished). Ray names a worker after its task only while it runs,
+    so a task that starts and ends between two samples counts as the worker's previous task,
+    or as "Ray" for a fresh worker.
+    """
+
+    def __init__(self, interval: float = 0.5) -> None:
+        self.interval = interval
+        self.wall = 0.0
+        self.other_cores = 0.0
+        self.own_cores = 0.0
+        self.own_s = 0.0
+        self.by_role: dict[str, float] = {}
+
+    def _sample(self) -> None:
+        for pid, t in _tree_ticks(self._root).items():
+            first = self._first.setdefault(pid, 0 if self._started else t)
+            previous = self._last.get(pid, first)
+            # a process that used no CPU since the last sample keeps its role unread: most of
+            # Ray's ~100 processes are idle in any half second, and this thread runs in the driver
+            if t > previous or pid not in self._role:
+                role = process_role(_cmdline(pid), pid == self._root) or self._role.get(pid, "Ray")
+                self._ticks[role] = self._ticks.get(role, 0) + t - previous
+                self._role[pid] = role
+            self._last[pid] = max(t, previous)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self) -> CpuMeter:
+        import threading
+
+        self._root, self._first, self._last, self._started = os.getpid(), {}, {}, False
+        self._role: dict[int, str] = {}
+        self._ticks: dict[str, int] = {}
+        self._sample()
+        self._started = True
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self.t0, self.busy0 = time.perf_counter(), _busy_seconds()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self.t0
+        busy = _busy_seconds() - self.busy0
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        hz = os.sysconf("SC_CLK_TCK")
+        own = sum(self._last[p] - self._first[p] for p in self._last) / hz
+        self.own_s = own
+        self.by_role = {role: ticks / hz for role, ticks in self._ticks.items()}
+        self.own_cores = own / max(self.wall, 1e-9)
+        self.other_cores = max(0.0, busy - own) / max(self.wall, 1e-9)
+
+
+def wait_until_quiet(limit_s: float, threshold: float = 0.3, window: float = 2.0) -> float:
+    """Wait (at most `limit_s`) until the rest of the machine uses under `threshold` cores
+    over a `window`; returns the seconds waited. Called while the benchmark itself idles."""
+    t0 = time.perf_counter()
+    while True:
+        with CpuMeter() as m:
+            time.sleep(window)
+        if m.other_cores < threshold or time.perf_counter() - t0 >= limit_s:
+            return time.perf_counter() - t0
