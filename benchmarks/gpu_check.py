@@ -14,8 +14,7 @@ weights: the same compute as real ones). Measures:
 * decode in ONE process with one decoder thread (= one CPU core), through
   ``operators.decode.iter_chunks`` at 224x224 and each ``--fps``, on the real videos, plus
   the training-free features (``operators.features.frame_features``) the cascade computes
-  on every sampled frame; with ``--decord-baseline`` also the earlier decoder (decord's
-  seeking ``get_batch`` wherever it is exact, PyAV in order elsewhere) on the same videos;
+  on every sampled frame;
 * decode with N processes at once (``--procs``), one decoder thread each, over the same
   videos: the aggregate rate shows whether per-core throughput holds when a node's cores all
   decode (memory bandwidth, turbo clocks);
@@ -32,36 +31,11 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-from operators.decode import (
-    SEEKABLE_CONTAINERS,
-    Chunk,
-    center_crop,
-    iter_chunks,
-    model_geometry,
-    probe_video,
-    sample_indices,
-    timestamps_are_sane,
-)
-
-REPO = Path(__file__).resolve().parents[1]
-VIDEO_DIRS = (REPO.parent / "shared" / "videos", REPO / "shared" / "videos", REPO / "samples" / "videos")
-VIDEO_SUFFIXES = (".avi", ".webm", ".mpg", ".mp4", ".mkv", ".mov")
-
-
-def find_videos(folder: str | None) -> list[str]:
-    """The videos of `folder`, or of the first of ../shared/videos, shared/videos and
-    samples/videos that holds any."""
-    candidates = [Path(folder)] if folder else list(VIDEO_DIRS)
-    for d in candidates:
-        if d.is_dir():
-            found = sorted(str(p) for p in d.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
-            if found:
-                return found
-    raise SystemExit(f"no videos found in {', '.join(str(d) for d in candidates)}")
+from benchmarks.common import find_videos
+from operators.decode import iter_chunks, probe_video
 
 
 def _sync(device: str) -> None:
@@ -114,36 +88,9 @@ def model_throughput(model_name: str, device: str, batch_sizes: list[int], secon
     return results
 
 
-def decord_seek_chunks(path: str, fps: float, size: int, chunk_frames: int = 64, *, info=None):
-    """The decoder before sampling ran in order: decord's seeking get_batch (one thread) in
-    the containers where it is exact, `iter_chunks` (PyAV in order) elsewhere. Yields the
-    same Chunks as `iter_chunks`; a baseline for the decode check only."""
-    import decord
-
-    info = info or probe_video(path)
-    if os.path.splitext(path)[1].lower() not in SEEKABLE_CONTAINERS:
-        yield from iter_chunks(path, fps, size, chunk_frames, info=info, num_threads=1)
-        return
-    w, h = model_geometry(info, size)
-    vr = decord.VideoReader(path, width=w, height=h, num_threads=1)
-    if not timestamps_are_sane(vr):
-        yield from iter_chunks(path, fps, size, chunk_frames, info=info, num_threads=1)
-        return
-    idx = sample_indices(info, fps)
-    for start in range(0, len(idx), chunk_frames):
-        part = idx[start : start + chunk_frames]
-        frames = np.ascontiguousarray(center_crop(vr.get_batch(part.tolist()).asnumpy(), size))
-        yield Chunk(part, part.astype(np.float64) / info.fps, frames)
-
-
-# iter_chunks: in order with PyAV where the samples are as dense as the keyframes, else seeks
-DECODERS = {"current": iter_chunks, "decord_seek": decord_seek_chunks}
-
-
-def decode_per_core(videos: list[str], fps: float, size: int, decoder: str = "current") -> dict:
+def decode_per_core(videos: list[str], fps: float, size: int) -> dict:
     """One process, one decoder thread: sampled frames per second and video-seconds per
-    second through `decoder` (a DECODERS key) at `size`, and the features' frames per
-    second."""
+    second through `iter_chunks` at `size`, and the features' frames per second."""
     from operators.features import frame_features
 
     frames = 0
@@ -152,7 +99,7 @@ def decode_per_core(videos: list[str], fps: float, size: int, decoder: str = "cu
     for path in videos:
         info = probe_video(path)
         video_s += info.duration_s
-        chunks = DECODERS[decoder](path, fps, size, 64, info=info)
+        chunks = iter_chunks(path, fps, size, 64, info=info, num_threads=1)
         while True:
             t0 = time.perf_counter()
             chunk = next(chunks, None)
@@ -164,38 +111,38 @@ def decode_per_core(videos: list[str], fps: float, size: int, decoder: str = "cu
             t_feat += time.perf_counter() - t1
             frames += len(chunk.frames)
     return {
-        "decoder": decoder, "fps": fps, "frames": frames, "video_s": video_s,
+        "fps": fps, "frames": frames, "video_s": video_s,
         "decode_frames_per_s": frames / t_decode, "decode_video_s_per_s": video_s / t_decode,
         "features_frames_per_s": frames / t_feat,
     }
 
 
-def _decode_share(job: tuple[list[str], float, int, str]) -> int:
-    videos, fps, size, decoder = job
+def _decode_share(job: tuple[list[str], float, int]) -> int:
+    videos, fps, size = job
     n = 0
     for path in videos:
-        for chunk in DECODERS[decoder](path, fps, size, 64, info=probe_video(path)):
+        for chunk in iter_chunks(path, fps, size, 64, info=probe_video(path), num_threads=1):
             n += len(chunk.frames)
     return n
 
 
-def decode_parallel(videos: list[str], fps: float, size: int, procs: int, decoder: str = "current") -> dict:
+def decode_parallel(videos: list[str], fps: float, size: int, procs: int) -> dict:
     """`procs` processes, one decoder thread each, every one decoding the whole video list
-    with `decoder`: aggregate sampled frames per second and the same per process."""
+    through `iter_chunks`: aggregate sampled frames per second and the same per process."""
     import multiprocessing as mp
 
     with mp.get_context("spawn").Pool(procs) as pool:
-        pool.map(_decode_share, [([videos[0]], fps, size, decoder)] * procs)  # warm: imports, page cache
+        pool.map(_decode_share, [([videos[0]], fps, size)] * procs)  # warm: imports, page cache
         t0 = time.perf_counter()
-        counts = pool.map(_decode_share, [(videos, fps, size, decoder)] * procs)
+        counts = pool.map(_decode_share, [(videos, fps, size)] * procs)
         wall = time.perf_counter() - t0
     total = sum(counts)
-    return {"decoder": decoder, "procs": procs, "fps": fps, "frames": total, "wall_s": wall,
+    return {"procs": procs, "fps": fps, "frames": total, "wall_s": wall,
             "frames_per_s": total / wall, "frames_per_s_per_proc": total / wall / procs}
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Print the GPU and decode numbers and the decode cores one GPU needs."""
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
     p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="ViT-B-32", help="open_clip model name")
     p.add_argument("--batch-sizes", default="64,128,256", help="comma-separated model batch sizes")
@@ -207,12 +154,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="decode the video list again until it holds this many seconds")
     p.add_argument("--procs", default="",
                    help="comma-separated process counts for the parallel decode check (e.g. 4,8,16)")
-    p.add_argument("--decoders", default="current",
-                   help="comma-separated decoders to time: current (framesift's) and decord_seek "
-                        "(the earlier decord get_batch path, as a baseline in the same run)")
     p.add_argument("--cascade-ratio", type=float, default=0.25, help="share of frames the cascade embeds")
     p.add_argument("--json", help="also write the numbers to this JSON file")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the GPU and decode numbers and the decode cores one GPU needs."""
+    args = parse_args(argv)
 
     import torch
 
@@ -234,19 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     videos = found * max(1, int(np.ceil(args.min_footage / max(once, 1e-9))))
     print(f"decode, 1 process x 1 thread (one core), {args.size}x{args.size}, "
           f"{len(videos)} videos from {os.path.dirname(videos[0])}:")
-    decoders = [d.strip() for d in args.decoders.split(",") if d.strip()]
-    unknown = set(decoders) - set(DECODERS)
-    if unknown:
-        raise SystemExit(f"unknown decoder(s) {sorted(unknown)}; choose from {sorted(DECODERS)}")
     decode = []
     for fps in [float(f) for f in args.fps.split(",") if f.strip()]:
-        for name in decoders[1:] if decoders[0] == "current" else decoders:
-            d = decode_per_core(videos, fps, args.size, name)
-            decode.append(d)
-            print(f"  at {fps:g} fps, {name}: {d['decode_frames_per_s']:.1f} sampled frames/s per core "
-                  f"({d['decode_video_s_per_s']:.1f} video-s/s)")
-        if "current" not in decoders:
-            continue
         d = decode_per_core(videos, fps, args.size)
         decode.append(d)
         gpu = best["end_to_end"]
@@ -262,11 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     parallel = []
     for procs in [int(n) for n in args.procs.split(",") if n.strip()]:
         for fps in [float(f) for f in args.fps.split(",") if f.strip()]:
-            for name in decoders:
-                r = decode_parallel(videos, fps, args.size, procs, name)
-                parallel.append(r)
-                print(f"  {procs:2d} processes at {fps:g} fps, {name}: {r['frames_per_s']:.0f} sampled "
-                      f"frames/s ({r['frames_per_s_per_proc']:.1f} per process)", flush=True)
+            r = decode_parallel(videos, fps, args.size, procs)
+            parallel.append(r)
+            print(f"  {procs:2d} processes at {fps:g} fps, current: {r['frames_per_s']:.0f} sampled "
+                  f"frames/s ({r['frames_per_s_per_proc']:.1f} per process)", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": device, "model": model, "decode": decode, "parallel": parallel}, f, indent=2)
