@@ -7,9 +7,9 @@ Sampling at 1 fps decodes every frame of a typical file: the sampled frames depe
 frames before them back to a keyframe. Frames that no other frame refers to (most B-frames
 of H.264 and HEVC, every B-frame of MPEG-2 and MPEG-4) need not be decoded unless they are
 sampled; the in-order reader then tells FFmpeg to skip them, packet by packet
-(``operators.decode._SequentialReader``, ``skip_frame=NONREF``). The benchmark decodes every
+(``skip_frame=NONREF``). The benchmark decodes every
 frame sampled at ``--fps`` at model size, one thread, through the job's own reader choice
-(``operators.decode._reader``), with skipping off and on, alternating, and checks that both
+(``operators.decode.open_reader``), with skipping off and on, alternating, and checks that both
 return the same pixels. Two corpora: the real videos of ``../shared/videos`` as they are
 (most were encoded without B-frames), and the same videos re-encoded with libx264 at its
 defaults (preset medium, CRF 23: B-frames, as most web and camera H.264 has), which is what
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import VIDEOS_DIR, encode_h264, markdown_table, videos_in
-from operators.decode import _reader, model_geometry, probe_video, sample_indices, sampling_step
+from operators.decode import model_geometry, open_reader, probe_video, sample_indices, sampling_step
 
 SIZE = 224
 
@@ -63,7 +63,7 @@ def decode_sampled(path: str, fps: float, skip: bool) -> tuple[np.ndarray, int, 
     info = probe_video(path)
     idx = sample_indices(info, fps)
     w, h = model_geometry(info, SIZE)
-    reader = _reader(path, w, h, 1, step=sampling_step(info, idx), wanted=idx if skip else None)
+    reader = open_reader(path, w, h, 1, step=sampling_step(info, idx), wanted=idx if skip else None)
     try:
         frames = np.concatenate([reader.read(idx[s : s + 64]) for s in range(0, len(idx), 64)])
     finally:

@@ -295,15 +295,13 @@ def run_job(corpus_dir: str, out: str, fps: float, k: int, method: str, weights:
 
 
 def _job_threads(cores: int) -> int | None:
-    """The threads the job gives its CPU embedding actor (None if it cannot be read)."""
-    try:
-        import ray
+    """The threads the job gives its CPU embedding actor (None: the embedder's default, as
+    on a GPU node)."""
+    import ray
 
-        from jobs.curate import _embed_resources
+    from jobs.curate import stage_plan
 
-        return _embed_resources(ray, CurateConfig()).get("threads")
-    except Exception:  # noqa: BLE001 - a private helper; the benchmark goes on without it
-        return None
+    return stage_plan(ray, CurateConfig()).embed_threads
 
 
 # --------------------------------------------------------------------------- quality
@@ -495,9 +493,9 @@ def main(argv: list[str] | None = None) -> int:
         say(f"naive: {naive.wall_s:.1f} s")
 
         # Ray is started once, and warm-up jobs run, before any job is timed
-        from jobs.curate import _init_ray
+        from jobs.curate import init_ray
 
-        _init_ray()
+        init_ray()
         from ray.data import DataContext
 
         DataContext.get_current().enable_progress_bars = False
