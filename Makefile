@@ -23,6 +23,7 @@ UV_VERSION := 0.13.9
 LOCKTOOL := .venv-lock
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 # pip warns once per package that the local file:// indexes lack; drop that noise, keep errors.
+T = [$$(( $$(date +%s) - $$(cat $(VENV)/.install-started) )) s]
 HUSH := 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
 TORCH_RE := ^(torch|torchvision|triton|nvidia-[a-z0-9-]+|cuda-[a-z-]+)==
 
@@ -30,15 +31,17 @@ TORCH_RE := ^(torch|torchvision|triton|nvidia-[a-z0-9-]+|cuda-[a-z-]+)==
 
 $(STAMP): pyproject.toml $(LOCK)
 	@if test -d $(VENV); then echo "[1/5] updating $(VENV) from $(LOCK)"; else echo "[1/5] creating $(VENV) ($$($(PY) --version))"; $(PY) -m venv $(VENV); fi
+	@date +%s > $(VENV)/.install-started
 	@$(BIN)/python -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || echo "      warning: $(LOCK) is pinned for Python 3.11; with another Python use: $(BIN)/pip install -e '.[test,bench]'"
-	@echo "[2/5] $(TORCH_PINS) and their CUDA libraries (large, ~1 min)"
+	@echo "[2/5] $(T) $(TORCH_PINS) and their CUDA libraries (large, ~1 min)"
 	@$(PIP) install --quiet --no-deps $$(grep -E '$(TORCH_RE)' $(LOCK)) $(HUSH)
-	@echo "[3/5] the other $$(grep -E '^[a-z0-9]' $(LOCK) | grep -cvE '$(TORCH_RE)') pins of $(LOCK) (ray, pyarrow, open_clip, moto, ...)"
+	@echo "[3/5] $(T) the other $$(grep -E '^[a-z0-9]' $(LOCK) | grep -cvE '$(TORCH_RE)') pins of $(LOCK) (ray, pyarrow, open_clip, moto, ...)"
 	@$(PIP) install --quiet --no-deps -r $(LOCK) $(HUSH)
-	@echo "[4/5] framesift itself (editable)"
+	@echo "[4/5] $(T) framesift itself (editable)"
 	@$(PIP) install --quiet --no-deps --no-build-isolation -e . $(HUSH)
-	@echo "[5/5] pip check"
+	@echo "[5/5] $(T) pip check"
 	@$(PIP) check
+	@echo "$(VENV) ready $(T)"
 	@touch $(STAMP)
 
 demo: $(STAMP)
