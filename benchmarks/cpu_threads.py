@@ -13,7 +13,7 @@ dense chunk row is 64) for `--seconds`. The ways:
 * ``operator``: torch's intra-op threads, T per process (every operator split across them);
 * ``split``: T Python threads per process, each running the tower with one torch thread on its
   own slice of the call (`ClipEmbedder(split_batches=True)`, the default on a CPU with more
-  than one thread: `operators.embed.splits_batches`);
+  than one thread: `operators.threads.splits_batches`);
 
 one thread per process is both. Prints frames/s for the node, per core and against the best
 layout, for each precision (`--dtypes`; `auto` is the job's: bf16 on CPUs with native bf16).
@@ -41,11 +41,12 @@ def _worker(threads: int, way: str, dtype: str, frames: int, seconds: float, bar
     puts (frames embedded, wall s, CPU s, the precision used) on `out`."""
     import logging
 
-    from operators.stages import passive_openmp_waits
+    from operators.process import passive_openmp_waits
 
     passive_openmp_waits()
     logging.disable(logging.WARNING)  # open_clip warns that the weights are random: they are meant to be
-    from operators.embed import ClipEmbedder, EmbedderSpec
+    from operators.embed import ClipEmbedder
+    from operators.weights import EmbedderSpec
 
     emb = ClipEmbedder(EmbedderSpec("clip", MODEL), device="cpu", batch_size=frames,
                        num_threads=threads, dtype=dtype, split_batches=way == "split")
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         procs = [int(p) for p in args.processes.split(",")]
     else:
         procs = [1 << i for i in range(args.cores.bit_length()) if (1 << i) <= args.cores]
-    from operators.embed import embed_dtype
+    from operators.precision import embed_dtype
 
     rows = []
     # `auto` is fp32 on CPUs without native bf16: each precision is measured once

@@ -50,7 +50,8 @@ def model_throughput(model_name: str, device: str, batch_sizes: list[int], secon
     tensors, and end to end through ClipEmbedder from host uint8 frames."""
     import torch
 
-    from operators.embed import ClipEmbedder, resolve_embedder
+    from operators.embed import ClipEmbedder
+    from operators.weights import resolve_embedder
 
     spec = resolve_embedder("clip", model_name, "random", validate=False)
     emb = ClipEmbedder(spec, device=device, batch_size=max(batch_sizes))

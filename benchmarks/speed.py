@@ -477,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"decode: 1 process {n1 / t_dec1:.1f} frames/s, {cores} processes {n2 / t_decn_a:.1f} frames/s")
 
         # 2. model limit (threads = cores), on a seeded random checkpoint that every run shares
-        from operators.embed import resolve_embedder
+        from operators.weights import resolve_embedder
 
         weights = make_random_checkpoint(work / "random_vit_b32.pt")
         spec = resolve_embedder("clip", MODEL, None, weights)
@@ -589,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
         (f"dense job >= 0.8 of binding limit: {rows[4]['x_bind']:.2f}", rows[4]["x_bind"] >= 0.8),
     ]
     m = q["mean"]
-    from operators.embed import embed_dtype
+    from operators.precision import embed_dtype
 
     precision = embed_dtype(args.embed_dtype, "cpu")
     out = [

@@ -12,6 +12,8 @@ from typing import Any
 
 import yaml
 
+from operators import defaults
+
 EMBEDDERS = ("auto", "clip", "features")
 IMAGE_FORMATS = ("jpeg", "webp")
 
@@ -26,21 +28,21 @@ class CurateConfig:
 
     input: str = ""
     output: str = ""
-    fps: float = field(default=1.0, metadata={"help": "frames sampled per second of video"})
+    fps: float = field(default=defaults.FPS, metadata={"help": "frames sampled per second of video"})
     k: int | str = field(
-        default=16, metadata={"help": "frames kept per video, or 'auto' for an adaptive budget"}
+        default=defaults.K, metadata={"help": "frames kept per video, or 'auto' for an adaptive budget"}
     )
-    method: str = field(default="kmeans", metadata={"help": "selection method (see --list-methods)"})
+    method: str = field(default=defaults.METHOD, metadata={"help": "selection method (see --list-methods)"})
     embedder: str = field(
-        default="auto",
+        default=defaults.EMBEDDER,
         metadata={
             "help": "clip (open_clip; fails without weights), features (training-free, "
             "fast) or auto (clip when its weights load, features otherwise, with a warning)"
         },
     )
-    model: str = field(default="ViT-B-32", metadata={"help": "open_clip model name"})
+    model: str = field(default=defaults.MODEL, metadata={"help": "open_clip model name"})
     pretrained: str = field(
-        default="laion2b_s34b_b79k",
+        default=defaults.PRETRAINED,
         metadata={"help": "open_clip pretrained tag ('random' = random init, tests only)"},
     )
     weights: str | None = field(
@@ -60,7 +62,7 @@ class CurateConfig:
     dedup_threshold: float | None = field(
         default=None, metadata={"help": "drop selected frames more similar than this (cosine)"}
     )
-    chunk_frames: int = field(default=64, metadata={"help": "sampled frames per chunk row"})
+    chunk_frames: int = field(default=defaults.CHUNK_FRAMES, metadata={"help": "sampled frames per chunk row"})
     driver_niceness: int = field(
         default=10,
         metadata={"help": "CPU niceness this process takes once Ray is up (Ray runs its workers "
@@ -83,7 +85,7 @@ class CurateConfig:
                   "per group of near-duplicates found by the cheap features)"},
     )
     cascade_ratio: float = field(
-        default=0.12,
+        default=defaults.CASCADE_RATIO,
         metadata={"help": "cascade: at most this share of sampled frames is embedded, or k per "
                   "video if more (the distinct candidates the selection needs)"},
     )
@@ -92,7 +94,7 @@ class CurateConfig:
         default=None, metadata={"help": "embedding actors: N or MIN,MAX (default: by resources)"}
     )
     embed_dtype: str = field(
-        default="auto",
+        default=defaults.EMBED_DTYPE,
         metadata={"help": "precision of the CLIP towers: auto (fp16 on GPU; bf16 on CPUs with "
                   "native bf16, about 3.5x fp32 there; else fp32), fp32, bf16 or fp16 (GPU only)"},
     )
@@ -144,7 +146,7 @@ class CurateConfig:
         if self.dedup_threshold is not None and not -1.0 <= self.dedup_threshold <= 1.0:
             raise ConfigError("--dedup-threshold is a cosine similarity in [-1, 1]")
         self.embed_concurrency = parse_concurrency(self.embed_concurrency)
-        from operators.embed import EMBED_DTYPES
+        from operators.precision import EMBED_DTYPES
 
         if self.embed_dtype not in EMBED_DTYPES:
             raise ConfigError(f"--embed-dtype must be one of {', '.join(EMBED_DTYPES)}, got {self.embed_dtype!r}")

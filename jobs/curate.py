@@ -20,28 +20,24 @@ import argparse
 import dataclasses
 import functools
 import logging
-import math
 import os
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
 
 from jobs.config import ConfigError, CurateConfig
+from operators.finalize import finalize_resources
+from operators.pipeline import SamplingOptions, SelectOptions, cascade_candidates, query_vector
+from operators.process import lower_priority
+from operators.resources import ClusterShape, Resources, cluster_shape
 from operators.sources import VIDEO_EXTENSIONS, committed_video_ids, list_inputs
 from operators.storage import Storage, StorageError, check_writable
 from operators.write import encode_image, read_table, write_report
 
 log = logging.getLogger("framesift")
-DECODE_TASK_MEMORY = 512 * 2**20
-# CPUs a finalize task asks for (at most; see embed_resources). Finalize is mostly I/O, so a
-# fraction lets it run beside the streaming pipeline instead of queueing behind it; half a
-# CPU rather than a quarter, because when a job's last videos all finish at once, four
-# finalize processes per free core crowd out the embedding actor's last model calls,
-# which are the job's critical path (measured on 2 cores, 12 short clips, bf16 cascade,
-# 6 alternating runs each: 9.35 -> 8.68 s on average; dense and long videos unchanged).
-FINALIZE_CPUS = 0.5
 
 
 class JobError(RuntimeError):
@@ -115,18 +111,17 @@ def _coerce(f: dataclasses.Field, value):
 
 
 def worker_pool_env(cpus: int, max_inflight_videos: int) -> dict[str, str]:
-    """Ray settings (environment variables read by the raylet) for a local Ray that the job
-    starts itself, for a node of `cpus` cores: the number of idle worker processes Ray keeps
-    instead of killing them after one second idle. Ray's default keeps one per core, which
-    the job's own actors (the embedder and Ray Data's bookkeeping actors) already exceed, so
-    every burst of decode or finalize tasks started new Python workers (measured on 2 cores:
-    7 worker starts in a 20 s run, each ~1 CPU-s of interpreter and imports). The job never
-    runs more than two decode tasks per core, `max_inflight_videos` finalize tasks and a
-    handful of actors at once, so that many are kept."""
+    """Ray settings (environment variables read by the raylet) for a local Ray the job
+    starts itself, on a node of `cpus` cores: how many idle worker processes Ray keeps
+    instead of killing them after a second idle. Enough for everything the job runs at once
+    (two decode tasks per core, `max_inflight_videos` finalize tasks, a handful of actors),
+    so that bursts of tasks do not start new Python workers."""
     return {"RAY_num_workers_soft_limit": str(2 * max(1, cpus) + max_inflight_videos + 4)}
 
 
-def _init_ray(cfg: CurateConfig | None = None):
+def init_ray(cfg: CurateConfig | None = None):
+    """Connect to the cluster in RAY_ADDRESS, or start a local Ray with the job's worker
+    settings (`worker_pool_env`); returns the `ray` module."""
     import ray
 
     if not ray.is_initialized():
@@ -144,92 +139,78 @@ def _init_ray(cfg: CurateConfig | None = None):
     return ray
 
 
-def lower_priority(niceness: int) -> int:
-    """Give every thread of this process (and so the threads it starts later) a CPU niceness
-    of at least `niceness` (0 or less: no change). The job's driver only coordinates: Ray
-    Data's scheduling loop wakes every few milliseconds, and at niceness 0 each wake-up
-    preempts a worker, which Ray runs at 15, and with it the embedding actor's other torch
-    thread that waits on the preempted one (measured on 2 cores, alternating runs, driver at
-    0 against 10: dense fp32 37.4 / 36.2 against 36.3 / 35.6 s, dense bf16 16.8 / 16.4
-    against 16.2 / 15.8 s, cascade bf16 9.3 / 8.0 / 8.1 against 8.7 / 7.9 / 8.0 s, short
-    clips). Without privileges a niceness cannot be lowered again, so the process keeps it.
-    Returns the number of threads changed."""
-    if niceness <= 0 or not hasattr(os, "setpriority"):
-        return 0
-    try:
-        threads = [int(t) for t in os.listdir("/proc/self/task")]
-    except OSError:  # no /proc (macOS): there the call sets the whole process
-        threads = [0]
-    changed = 0
-    for tid in threads:
-        try:
-            if os.getpriority(os.PRIO_PROCESS, tid) < niceness:
-                os.setpriority(os.PRIO_PROCESS, tid, niceness)
-                changed += 1
-        except OSError:  # a thread that ended meanwhile, or a platform that refuses
-            continue
-    return changed
+@dataclass(frozen=True)
+class StagePlan:
+    """What each stage asks Ray for on one cluster, as the stages declare it."""
+
+    shape: ClusterShape
+    decode: Resources
+    embed: Resources | None  # None: no model (the features embedder)
+    embed_concurrency: int | tuple[int, int] | None
+    embed_threads: int | None
+    finalize: Resources
 
 
-def largest_node_cpus(nodes: list[dict]) -> int:
-    """The most CPUs any one alive node of `nodes` (entries of `ray.nodes()`) has, 0 when
-    none reports any. A CPU embedding actor and the decode tasks beside it share one node,
-    so they are sized from a node, not from the cluster's total (an actor asking for all of
-    a multi-node cluster's CPUs could never be placed)."""
-    return max((int(n.get("Resources", {}).get("CPU", 0)) for n in nodes if n.get("Alive")), default=0)
+def plan_stages(shape: ClusterShape, cfg: CurateConfig, with_model: bool = True) -> StagePlan:
+    """Each stage's resources on a cluster of `shape` for the run `cfg` describes."""
+    from operators.stages import DecodeStage, EmbedStage
+
+    decode = DecodeStage.resources(shape, with_model)
+    embed = EmbedStage.resources(shape) if with_model else None
+    return StagePlan(
+        shape=shape, decode=decode, embed=embed,
+        embed_concurrency=EmbedStage.concurrency(shape, cfg.embed_concurrency) if with_model else None,
+        embed_threads=EmbedStage.threads(shape) if with_model else None,
+        finalize=finalize_resources(shape, decode, embed),
+    )
 
 
-def _embed_resources(ray, cfg: CurateConfig) -> dict:
-    """embed_resources for the cluster Ray is connected to: its largest node's CPUs, all of
-    its GPUs."""
-    resources = ray.cluster_resources()
-    cpus = largest_node_cpus(ray.nodes()) or int(resources.get("CPU", 1))
-    return embed_resources(cpus, int(resources.get("GPU", 0)), cfg)
+def stage_plan(ray, cfg: CurateConfig, with_model: bool = True) -> StagePlan:
+    """`plan_stages` for the cluster `ray` is connected to."""
+    return plan_stages(cluster_shape(ray, cfg.embed_device), cfg, with_model)
 
 
-def embed_resources(cpus: int, gpus: int, cfg: CurateConfig) -> dict:
-    """Actor-pool settings for the embedding stage on a cluster of `gpus` GPUs whose nodes
-    have `cpus` CPUs, and the CPUs each decode and finalize task asks for: one GPU per actor when there
-    are GPUs (autoscaling between 1 and their number; decode tasks one CPU each), otherwise
-    one CPU actor whose threads (each on its own slice of a batch, see
-    operators.embed.splits_batches) use every core. Returns num_gpus, num_cpus,
-    concurrency, threads (None = the embedder's default), decode_cpus and finalize_cpus."""
-    conc = cfg.embed_concurrency
-    if cfg.embed_device == "gpu" or (cfg.embed_device == "auto" and gpus):
-        return {"num_gpus": 1, "num_cpus": 1, "concurrency": conc or (1, max(1, gpus)), "threads": None,
-                "decode_cpus": 1.0, "finalize_cpus": FINALIZE_CPUS}
-    # On CPU one actor reserves all but one core but runs torch on every core. Decode tasks
-    # share the core left with a fraction each, so that up to one per core run at once and
-    # fill the time the model leaves, which with the cascade is most of it (measured on 2
-    # cores, 16 min of long videos: cascade 20.3 -> 19.4 s with two decode tasks at once
-    # instead of one; dense unchanged).
-    cpus = max(1, cpus)
-    actor_cpus = max(1, cpus - 1) if cpus >= 2 else 0.5
-    decode_cpus = (cpus - actor_cpus) / max(2, cpus)
-    # a finalize task must fit beside the actor and one decode task
-    return {"num_gpus": 0, "num_cpus": actor_cpus, "concurrency": conc or 1, "threads": cpus,
-            "decode_cpus": decode_cpus, "finalize_cpus": min(FINALIZE_CPUS, cpus - actor_cpus - decode_cpus)}
+def sampling_options(cfg: CurateConfig, spec) -> SamplingOptions:
+    """Which frames the run samples and which of them the model sees."""
+    return SamplingOptions(
+        fps=cfg.fps, size=spec.image_size, chunk_frames=cfg.chunk_frames,
+        max_frames=cfg.max_frames_per_video, cascade_ratio=None if cfg.dense else cfg.cascade_ratio,
+        min_candidates=cascade_candidates(cfg.k), with_model=spec.kind == "clip",
+    )
 
 
-def _query_vector(cfg: CurateConfig, embedder) -> np.ndarray | None:
-    if cfg.query:
-        return embedder.encode_text([cfg.query])[0]
+def select_options(cfg: CurateConfig) -> SelectOptions:
+    """How the run selects each video's frames."""
+    return SelectOptions(method=cfg.method, k=cfg.k, seed=cfg.seed, dedup_threshold=cfg.dedup_threshold)
+
+
+def query_embedding(cfg: CurateConfig, spec) -> np.ndarray | None:
+    """The run's query vector (--query / --query-image), embedded on the driver's CPU in
+    the job's precision (unless that is fp16, which is GPU only), or None."""
+    if not (cfg.query or cfg.query_image):
+        return None
+    from operators.decode import DecodeError
+    from operators.embed import create_embedder
+
+    image = None
     if cfg.query_image:
-        from operators.decode import DecodeError, image_for_model
-
         try:
             with open(cfg.query_image, "rb") as f:
-                image = image_for_model(f.read(), embedder.image_size)
-        except (OSError, DecodeError) as exc:
+                image = f.read()
+        except OSError as exc:
             raise ConfigError(f"cannot read --query-image {cfg.query_image!r}: {exc}") from exc
-        return embedder.encode_frames(image)[0]
-    return None
+    embedder = create_embedder(spec, device="cpu", dtype="auto" if cfg.embed_dtype == "fp16" else cfg.embed_dtype)
+    try:
+        return query_vector(cfg.query, image, encode_text=embedder.encode_text,
+                            encode_frames=embedder.encode_frames, image_size=embedder.image_size)
+    except DecodeError as exc:
+        raise ConfigError(f"cannot read --query-image {cfg.query_image!r}: {exc}") from exc
 
 
 def preflight(cfg: CurateConfig, storage: Storage):
     """Everything that can fail before work starts: list INPUT, check OUTPUT is writable,
     resolve the embedder's weights. Returns (sources to do, skipped count, embedder spec)."""
-    from operators.embed import resolve_embedder
+    from operators.weights import resolve_embedder
 
     extensions = None if cfg.all_files else VIDEO_EXTENSIONS
     sources = list_inputs(storage, cfg.input, extensions=extensions, limit=cfg.limit)
@@ -245,16 +226,16 @@ def preflight(cfg: CurateConfig, storage: Storage):
     return todo, len(sources) - len(todo), spec
 
 
-def build_dataset(ray, cfg: CurateConfig, storage: Storage, todo: list, spec, res: dict | None = None):
+def build_dataset(ray, cfg: CurateConfig, storage: Storage, todo: list, spec, plan: StagePlan | None = None):
     """The streaming Ray Data dataset of embedded chunk rows for the videos in `todo`;
-    `res` is embed_resources' answer for the cluster (looked up when None)."""
+    `plan` is `stage_plan`'s answer for the cluster (looked up when None)."""
     import ray.data
 
     from operators.stages import DecodeStage, EmbedStage
 
-    use_clip = spec.kind == "clip"
-    res = (res or _embed_resources(ray, cfg)) if use_clip else None
-    if res and not res["num_gpus"] and cfg.embed_dtype == "fp16":
+    sampling = sampling_options(cfg, spec)
+    plan = plan or stage_plan(ray, cfg, sampling.with_model)
+    if plan.embed is not None and not plan.shape.embed_on_gpu and cfg.embed_dtype == "fp16":
         raise ConfigError("--embed-dtype fp16 needs a GPU, and this cluster embeds on CPUs; "
                           "use bf16, fp32 or auto")
     ctx = ray.data.DataContext.get_current()
@@ -262,11 +243,7 @@ def build_dataset(ray, cfg: CurateConfig, storage: Storage, todo: list, spec, re
     ds = ray.data.from_items([s.to_row() for s in todo], override_num_blocks=min(len(todo), 10_000))
     ds = ds.map_batches(
         DecodeStage(
-            storage, cfg.fps, size=224 if not use_clip else _model_size(spec),
-            chunk_frames=cfg.chunk_frames, keep_pixels=use_clip,
-            max_frames=cfg.max_frames_per_video,
-            cascade_ratio=None if cfg.dense else cfg.cascade_ratio,
-            cascade_min=cascade_candidates(cfg.k),
+            storage, sampling,
             encode_images=functools.partial(encode_image, image_format=cfg.image_format,
                                             quality=cfg.image_quality),
             image_max_side=cfg.max_side,
@@ -274,64 +251,30 @@ def build_dataset(ray, cfg: CurateConfig, storage: Storage, todo: list, spec, re
         ),
         batch_size=1,
         batch_format="numpy",
-        num_cpus=res["decode_cpus"] if res else 1,
-        # A decode task holds a chunk of frames and the decoder's buffers. Declaring it also
-        # keeps Ray Data from fusing decode into the CPU embedding actor when both ask for
-        # one CPU: fused, decode and model run in series in one process; apart, they
-        # overlap (measured on 2 cores: dense 83 -> 71 s, cascade 35 -> 29-32 s on 16 min
-        # of long videos; no change on short clips).
-        memory=DECODE_TASK_MEMORY,
+        **plan.decode.ray_options(),
     )
-    if res:
+    if plan.embed is not None:
         ds = ds.map_batches(
             EmbedStage,
             fn_constructor_kwargs={
-                "spec": spec, "batch_size": cfg.embed_batch_size, "num_threads": res["threads"],
+                "spec": spec, "batch_size": cfg.embed_batch_size, "num_threads": plan.embed_threads,
                 "dtype": cfg.embed_dtype,
             },
-            batch_size=embed_rows_per_call(cfg, res["threads"]),
+            batch_size=EmbedStage.rows_per_call(cfg.embed_batch_size, cfg.chunk_frames, sampling.cascade_ratio,
+                                                plan.embed_threads),
             batch_format="numpy",
-            num_cpus=res["num_cpus"],
-            num_gpus=res["num_gpus"],
-            compute=_actor_pool(res["concurrency"]),
+            compute=_actor_pool(plan.embed_concurrency),
+            **plan.embed.ray_options(),
         )
     return ds
-
-
-def embed_rows_per_call(cfg: CurateConfig, cpu_threads: int | None = None) -> int:
-    """Chunk rows the embedding actor takes per call, so that a call usually brings the
-    model `embed_batch_size` frames, and a CPU actor with `cpu_threads` threads at least
-    CPU_FRAMES_PER_THREAD a thread (each thread embeds its own slice of the call; 16 cores:
-    256 frames a call). A dense row holds up to `chunk_frames` frames, a cascade row only its
-    candidates, about `cascade_ratio` of them, so cascade rows are gathered. Small model
-    batches are slow on CPUs (bf16 ViT-B-32 on 2 cores: 49 frames/s at batch 1, 79 at 4, 85
-    at 32; on 16 cores 305 frames/s in calls of 64, 342 in calls of 256) and every call is a
-    round trip to the actor (measured on 2 cores, cascade job, 4 rows instead of 1 per call,
-    means of 2-3 alternating runs: 15.6 -> 15.0 s on long videos in fp32, 8.2 -> 7.9 s on the
-    short clips in bf16, and 12.0 -> 12.1 s, no gain, on long videos in bf16: small, and
-    within the runs' spread)."""
-    from operators.embed import CPU_FRAMES_PER_THREAD
-
-    frames = max(cfg.embed_batch_size, CPU_FRAMES_PER_THREAD * (cpu_threads or 0))
-    per_row = cfg.chunk_frames if cfg.dense else max(1.0, cfg.chunk_frames * cfg.cascade_ratio)
-    return max(1, math.ceil(frames / per_row))
 
 
 def kept_image_frames(cfg: CurateConfig) -> int:
     """The most sampled frames a video may have for the decode stage to keep every one's
     image for finalize: --keep-images-max-frames for JPEG output, 0 (never) for WebP, whose
-    encoder costs ~60 ms a 1280x720 frame against JPEG's ~3 (measured here), so encoding
-    every sampled frame would cost more than reading the k selected ones again."""
+    encoder is slow enough that encoding every sampled frame costs more than reading the k
+    selected ones again."""
     return cfg.keep_images_max_frames if cfg.image_format == "jpeg" else 0
-
-
-def cascade_candidates(k: int | str) -> int:
-    """The fewest frames per video the cascade may cap its model calls at: k distinct
-    candidates for a fixed k (fewer would force duplicate picks), the adaptive budget's
-    upper bound for "auto"."""
-    from operators.select import AUTO_K_MAX
-
-    return int(k) if k != "auto" else AUTO_K_MAX
 
 
 def _actor_pool(concurrency: int | tuple[int, int]):
@@ -343,42 +286,29 @@ def _actor_pool(concurrency: int | tuple[int, int]):
     return ray.data.ActorPoolStrategy(min_size=concurrency[0], max_size=concurrency[1])
 
 
-def _model_size(spec) -> int:
-    import open_clip
-
-    cfg = open_clip.get_model_config(spec.model) or {}
-    size = cfg.get("vision_cfg", {}).get("image_size", 224)
-    return int(size[0] if isinstance(size, (list, tuple)) else size)
-
-
 def run(cfg: CurateConfig) -> dict:
     """Run the curation job for a validated config; returns the run report (also written to
     OUTPUT/report.json). Raises JobError / StorageError / WeightsError before any work when
     the run cannot start."""
-    from operators.embed import create_embedder
-    from operators.finalize import FinalizeSettings, VideoAssembler, finalize_video
+    from operators.assemble import VideoAssembler
+    from operators.chunk_row import ChunkRow
+    from operators.finalize import FinalizeSettings, finalize_video
 
     started = time.time()
     storage = Storage(endpoint_url=cfg.s3_endpoint)
     todo, skipped, spec = preflight(cfg, storage)
     log.info("embedder: %s; %d video(s) to process, %d already done", spec.name, len(todo), skipped)
-    query = None
-    if cfg.query or cfg.query_image:
-        # on the driver's CPU: the job's precision, unless that is fp16 (GPU only)
-        dtype = "auto" if cfg.embed_dtype == "fp16" else cfg.embed_dtype
-        query = _query_vector(cfg, create_embedder(spec, device="cpu", dtype=dtype))
     settings = FinalizeSettings(
-        storage=storage, output=cfg.output, method=cfg.method, k=cfg.k, embedder=spec.name,
-        seed=cfg.seed, dedup_threshold=cfg.dedup_threshold, image_format=cfg.image_format,
-        image_quality=cfg.image_quality, max_side=cfg.max_side, query=query,
+        storage=storage, output=cfg.output, select=select_options(cfg), embedder=spec.name,
+        image_format=cfg.image_format, image_quality=cfg.image_quality, max_side=cfg.max_side,
+        query=query_embedding(cfg, spec),
     )
     rows: list[dict] = []
     if todo:
-        ray = _init_ray(cfg)
+        ray = init_ray(cfg)
         lower_priority(cfg.driver_niceness)  # after Ray's local daemons have started
-        # the k images (kept or read again), the tables' writes: mostly I/O (see FINALIZE_CPUS)
-        res = _embed_resources(ray, cfg) if spec.kind == "clip" else None
-        finalize = ray.remote(num_cpus=res["finalize_cpus"] if res else FINALIZE_CPUS, max_retries=2)(finalize_video)
+        plan = stage_plan(ray, cfg, spec.kind == "clip")
+        finalize = ray.remote(max_retries=2, **plan.finalize.ray_options())(finalize_video)
         settings_ref = ray.put(settings)
         assembler = VideoAssembler()
         inflight: list = []
@@ -396,9 +326,9 @@ def run(cfg: CurateConfig) -> dict:
                     log.info("videos finished: %d / %d", len(rows), len(todo))
                     last_log = time.time()
 
-        ds = build_dataset(ray, cfg, storage, todo, spec, res)
+        ds = build_dataset(ray, cfg, storage, todo, spec, plan)
         for chunk in ds.iter_rows():
-            payload = assembler.add(chunk)
+            payload = assembler.add(ChunkRow.from_row(chunk))
             if payload is not None:
                 inflight.append(finalize.options(**_finalize_placement(payload)).remote(payload, settings_ref))
                 drain(cfg.max_inflight_videos)
@@ -468,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     done or everything was already done, 1 when none succeeded, 2 on bad usage)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
-    from operators.embed import WeightsError
+    from operators.weights import WeightsError
 
     try:
         cfg = config_from_args(argv)

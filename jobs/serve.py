@@ -3,9 +3,10 @@
 Two deployments:
 
 - `SelectService`, the ingress (FastAPI through `@serve.ingress`): authorises, validates,
-  fetches the video (an allowed URI, or a multipart upload), probes, decodes and computes
-  the training-free features on CPU, asks the embedding deployment for embeddings, then
-  segments and selects with the same `segment_and_select` the batch job uses.
+  fetches the video (an allowed URI, or a multipart upload), then runs the job's own
+  per-video path (`operators.pipeline`): `sample_chunks` (decode, features, the cascade's
+  plan) on CPU, the embedding deployment for the frames the cascade keeps, `propagate`,
+  and `select_video`. The same video with the same options gets the job's frames.
 - `Embedder`: the open_clip image and text towers. `@serve.batch` merges the frame chunks
   of concurrent requests into one model batch (up to `embed_max_batch_frames` frames), and
   text queries into one text batch. One GPU per replica when the cluster has GPUs. With
@@ -45,23 +46,26 @@ from ray.serve import metrics
 
 from jobs.config import ConfigError, parse_k
 from jobs.serve_config import FORBIDDEN_SCHEMES, ServeConfig, read_options
-from operators.decode import (
-    DecodedVideo,
-    DecodeError,
-    VideoInfo,
-    decode_video,
-    image_for_model,
-    probe_video,
-    read_frames,
-    sample_indices,
-)
-from operators.embed import EmbedderSpec, create_embedder, resolve_embedder
+from operators import defaults
+from operators.decode import DecodeError, VideoInfo, probe_video, read_frames, sample_indices
+from operators.embed import create_embedder
 from operators.features import frame_features
-from operators.finalize import segment_and_select
-from operators.segment import shot_windows as segment_shot_windows
-from operators.select import AUTO_K_MAX, METHODS, Selection, method_names
-from operators.stages import freeze_startup_objects
+from operators.pipeline import (
+    SampledChunk,
+    SampledVideo,
+    SamplingOptions,
+    SelectOptions,
+    VideoSelection,
+    cascade_candidates,
+    propagate,
+    query_vector,
+    sample_chunks,
+    select_video,
+)
+from operators.process import freeze_startup_objects
+from operators.select import METHODS, method_names
 from operators.storage import Storage, is_remote, local_copy
+from operators.weights import EmbedderSpec, resolve_embedder
 from operators.write import encode_image
 
 log = logging.getLogger("framesift.serve")
@@ -70,9 +74,9 @@ log = logging.getLogger("framesift.serve")
 COMMON_PARAMS = {
     "seed": "seed for randomised methods (default 0)",
     "dedup_threshold": "drop selected frames more similar than this cosine (default off)",
-    "params.coverage_target": "k='auto': coverage to reach (default 0.9)",
-    "params.k_min": "k='auto': smallest k (default 1)",
-    "params.k_max": "k='auto': largest k (default min(32, service k_max))",
+    "params.coverage_target": f"k='auto': coverage to reach (default {defaults.COVERAGE_TARGET})",
+    "params.k_min": f"k='auto': smallest k (default {defaults.AUTO_K_MIN})",
+    "params.k_max": f"k='auto': largest k (default min({defaults.AUTO_K_MAX}, service k_max))",
 }
 AUTO_K_PARAMS = ("coverage_target", "k_min", "k_max")
 
@@ -153,6 +157,7 @@ class SelectRequest(BaseModel):
     fps: float | None = Field(None, description="frames sampled per second of video")
     query: str | None = Field(None, max_length=1000, description="text query (CLIP embedder)")
     clips: bool = Field(False, description="return clip windows")
+    dense: bool | None = Field(None, description="embed every sampled frame (default: the service's)")
     thumbnails: bool = Field(False, description="return base64 JPEG thumbnails")
     seed: int = Field(0, description="seed for randomised methods")
     dedup_threshold: float | None = Field(None, ge=-1.0, le=1.0, description="near-dup cosine")
@@ -264,7 +269,7 @@ def _validate_params(method: str, params: dict, k: int | str, cfg: ServeConfig) 
             raise ServiceError(422, f"parameter {key!r} must be a finite number, string or bool")
     out = dict(params)
     if k == "auto":
-        out.setdefault("k_max", min(AUTO_K_MAX, cfg.k_max))
+        out.setdefault("k_max", min(defaults.AUTO_K_MAX, cfg.k_max))
         if not isinstance(out["k_max"], int) or not 1 <= out["k_max"] <= cfg.k_max:
             raise ServiceError(422, f"params.k_max must be an integer in 1..{cfg.k_max}")
     return out
@@ -281,61 +286,26 @@ def _validation_message(exc: ValidationError) -> str:
 # --------------------------------------------------------------------------- answers
 
 
-def shot_windows(starts: np.ndarray, ts: np.ndarray, duration_s: float) -> list[dict]:
-    """Shots as time windows: each boundary halfway between the sampled frames around it
-    (as the job's shots table)."""
-    start_s, end_s = segment_shot_windows(ts, starts, duration_s)
-    return [
-        {"shot_index": i, "start_s": float(a), "end_s": float(b)}
-        for i, (a, b) in enumerate(zip(start_s, end_s, strict=True))
-    ]
-
-
-def clip_windows(sel: Selection, ts: np.ndarray, shots: list[dict], shot_of: np.ndarray,
-                 frame_index: np.ndarray) -> tuple[list[dict], list[dict | None]]:
-    """(all clip windows, the window of each selected frame). A clip method's own clips
-    when it returns some; otherwise the shot around each selected frame."""
-    if sel.clips is not None and len(sel.clips):
-        clips = [{"start_s": float(ts[a]), "end_s": float(ts[b]), "start_frame_index": int(frame_index[a]),
-                  "end_frame_index": int(frame_index[b]), "source": "method"} for a, b in sel.clips]
-        per_frame = []
-        for i in sel.indices:
-            inside = [c for c, (a, b) in zip(clips, sel.clips, strict=True) if a <= i <= b]
-            per_frame.append(inside[0] if inside else None)
-        return clips, per_frame
-    per_frame = [{"start_s": shots[s]["start_s"], "end_s": shots[s]["end_s"], "source": "shot"}
-                 for s in shot_of]
-    unique = {(c["start_s"], c["end_s"]): c for c in per_frame}
-    return list(unique.values()), per_frame
-
-
-def build_answer(job: Job, decoded: DecodedVideo, capped: bool, starts: np.ndarray, sel: Selection,
-                 embedder: str, thumbs: list[str] | None, timings: dict) -> dict:
-    """The JSON answer of POST /select."""
-    info, ts = decoded.info, decoded.timestamps
-    shots = shot_windows(starts, ts, info.duration_s)
-    shot_of = np.searchsorted(starts, sel.indices, side="right") - 1
-    clips, per_frame = (clip_windows(sel, ts, shots, shot_of, decoded.frame_index)
-                        if job.req.clips else (None, [None] * len(sel.indices)))
-    frames = []
-    for j, i in enumerate(sel.indices):
-        frame = {
-            "timestamp_s": float(ts[i]), "frame_index": int(decoded.frame_index[i]),
-            "score": float(sel.scores[j]), "shot_index": int(shot_of[j]),
-            "cluster_id": int(sel.cluster_ids[j]), "clip": per_frame[j],
-        }
+def build_answer(job: Job, info: VideoInfo, capped: bool, result: VideoSelection, embedder: str,
+                 embedded: int, thumbs: list[str] | None, timings: dict) -> dict:
+    """The JSON answer of POST /select, from the job's own per-video selection."""
+    frames = result.frames()
+    for j, frame in enumerate(frames):
+        if not job.req.clips:
+            frame["clip"] = None
         if thumbs is not None:
             frame["thumbnail_jpeg_b64"] = thumbs[j]
-        frames.append(frame)
     return {
         "video": {
             "source": job.source, "duration_s": info.duration_s, "fps": info.fps,
             "width": info.width, "height": info.height, "num_frames": info.num_frames,
-            "frames_sampled": len(ts), "sample_fps": job.fps, "frames_capped": capped,
+            "frames_sampled": len(result.video.timestamps), "frames_embedded": embedded,
+            "sample_fps": job.fps, "frames_capped": capped,
         },
-        "method": job.method, "k": int(sel.k), "k_requested": job.k, "embedder": embedder,
+        "method": job.method, "k": int(result.selection.k), "k_requested": job.k, "embedder": embedder,
         "query": "text" if job.req.query else ("image" if job.query_image else None),
-        "frames": frames, "shots": shots, "clips": clips, "timings_s": timings,
+        "frames": frames, "shots": result.shots, "clips": result.clips if job.req.clips else None,
+        "timings_s": timings,
     }
 
 
@@ -344,24 +314,15 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"detail": message, "status": status}, status_code=status, headers=headers)
 
 
-def _image_for_model(data: bytes, size: int) -> np.ndarray:
-    """Query-image bytes -> uint8 (1, size, size, 3); an unreadable image is a 422."""
-    try:
-        return image_for_model(data, size)
-    except DecodeError as exc:
-        raise ServiceError(422, f"query_image is {exc}") from None
-
-
 def _frames_in(chunks: list[np.ndarray]) -> int:
     return int(sum(len(c) for c in chunks))
 
 
-def _select(features: np.ndarray, embeddings: np.ndarray, timestamps: np.ndarray, job: Job,
-            query: np.ndarray | None) -> tuple[np.ndarray, Selection]:
+def _select(video: SampledVideo, job: Job, query: np.ndarray | None) -> VideoSelection:
+    options = SelectOptions(method=job.method, k=job.k, seed=job.req.seed,
+                            dedup_threshold=job.req.dedup_threshold, params=job.params)
     try:
-        return segment_and_select(
-            features, embeddings, timestamps, job.method, job.k, query=query, seed=job.req.seed,
-            dedup_threshold=job.req.dedup_threshold, **job.params)
+        return select_video(video, options, query)
     except ValueError as exc:
         raise ServiceError(422, str(exc)) from None
     except TypeError as exc:
@@ -495,7 +456,6 @@ class SelectService:
         self.spec = EmbedderSpec(**spec)
         self.storage = Storage(endpoint_url=self.cfg.s3_endpoint)
         self.embedder = embedder
-        self._info: dict | None = None
         self._pool = ThreadPoolExecutor(max_workers=self.cfg.decode_workers, thread_name_prefix="decode")
         self._requests = metrics.Counter(
             "framesift_select_requests", "POST /select requests by method and HTTP status",
@@ -659,41 +619,34 @@ class SelectService:
             job.upload_name = os.path.basename(video.filename or "video")[:200]
             await asyncio.to_thread(_copy_upload, video.file, job.upload_path)
 
-    async def _embedder_info(self) -> dict:
-        if self._info is None:
-            if self.embedder is None:
-                self._info = {"name": self.spec.name, "image_size": 224}
-            else:
-                self._info = await self.embedder.info.remote()
-        return self._info
-
     async def _run(self, job: Job) -> dict:
         loop = asyncio.get_running_loop()
-        info = await self._embedder_info()
         timings: dict[str, float] = {}
         t = time.perf_counter()
         path = await loop.run_in_executor(self._pool, self._fetch, job)
         timings["fetch"] = time.perf_counter() - t
         t = time.perf_counter()
-        decoded, features, capped = await loop.run_in_executor(
-            self._pool, self._decode, path, job, int(info["image_size"]))
+        info, chunks, capped = await loop.run_in_executor(self._pool, self._decode, path, job)
         timings["decode_features"] = time.perf_counter() - t
         t = time.perf_counter()
-        embeddings, query = await asyncio.gather(
-            self._embed(decoded.frames, features, job), self._query_vector(job, int(info["image_size"])))
+        embeddings, query = await asyncio.gather(self._embed(chunks, job), asyncio.to_thread(self._query, job))
         timings["embed"] = time.perf_counter() - t
-        self._frames.inc(len(decoded.frames), tags={"method": job.method})
+        # as the job counts them: the model's inputs, or every frame's features without one
+        embedded = sum(len(c.frames) if c.frames is not None else len(c.features) for c in chunks)
+        self._frames.inc(embedded, tags={"method": job.method})
+        video = SampledVideo.concat(
+            [(c.frame_index, c.timestamps, c.features, e) for c, e in zip(chunks, embeddings, strict=True)],
+            info.duration_s)
         t = time.perf_counter()
-        starts, sel = await loop.run_in_executor(
-            self._pool, _select, features, embeddings, decoded.timestamps, job, query)
+        result = await loop.run_in_executor(self._pool, _select, video, job, query)
         timings["select"] = time.perf_counter() - t
         thumbs = None
         if job.req.thumbnails:
             t = time.perf_counter()
             thumbs = await loop.run_in_executor(
-                self._pool, self._thumbnails, path, decoded.frame_index[sel.indices], decoded.info)
+                self._pool, self._thumbnails, path, video.frame_index[result.selection.indices], info)
             timings["thumbnails"] = time.perf_counter() - t
-        return build_answer(job, decoded, capped, starts, sel, str(info["name"]), thumbs, timings)
+        return build_answer(job, info, capped, result, self.spec.name, embedded, thumbs, timings)
 
     def _fetch(self, job: Job) -> str:
         """Local path of the request's video: the upload, a local file, or a download."""
@@ -721,8 +674,17 @@ class SelectService:
             kind = "download" if is_remote(uri) else "read"
             raise ServiceError(502, f"cannot {kind} {uri}: {type(exc).__name__}: {exc}") from None
 
-    def _decode(self, path: str, job: Job, size: int) -> tuple[DecodedVideo, np.ndarray, bool]:
-        """Probe, check the limits, decode the sampled frames and compute their features."""
+    def _sampling(self, job: Job) -> SamplingOptions:
+        """The job's sampling and cascade, with this request's fps and the service's caps."""
+        dense = self.cfg.dense if job.req.dense is None else job.req.dense
+        return SamplingOptions(
+            fps=job.fps, size=self.spec.image_size, chunk_frames=self.cfg.chunk_frames,
+            max_frames=self.cfg.max_frames, cascade_ratio=None if dense else self.cfg.cascade_ratio,
+            min_candidates=cascade_candidates(job.k), with_model=self.embedder is not None,
+        )
+
+    def _decode(self, path: str, job: Job) -> tuple[VideoInfo, list[SampledChunk], bool]:
+        """Probe, check the limits, then the job's `sample_chunks`: (info, chunks, capped)."""
         try:
             info = probe_video(path)
         except DecodeError as exc:
@@ -734,35 +696,47 @@ class SelectService:
             raise ServiceError(413, f"{wanted} frames at fps={job.fps:g} is over the limit of "
                                     f"{self.cfg.max_frames}; lower fps")
         try:
-            decoded = decode_video(path, job.fps, size, max_frames=self.cfg.max_frames)
+            chunks = list(sample_chunks(path, info, self._sampling(job)))
         except DecodeError as exc:
             raise ServiceError(422, f"not a decodable video: {exc}") from None
-        if len(decoded.frames) == 0:
+        if not chunks:
             raise ServiceError(422, "no frames could be decoded")
-        return decoded, frame_features(decoded.frames), capped
+        return info, chunks, capped
 
     def _check_limits(self, info: VideoInfo) -> None:
         if info.duration_s > self.cfg.max_duration_s:
             raise ServiceError(413, f"video lasts {info.duration_s:.1f} s, over the "
                                     f"{self.cfg.max_duration_s:g} s limit")
 
-    async def _embed(self, frames: np.ndarray, features: np.ndarray, job: Job) -> np.ndarray:
+    async def _embed(self, chunks: list[SampledChunk], job: Job) -> list[np.ndarray | None]:
+        """Each chunk's per-frame embeddings: the model's for the frames the cascade kept,
+        propagated to their groups (None without a model: the features are the embedding)."""
         if self.embedder is None:
-            return features
+            return [None] * len(chunks)
         step = self.cfg.embed_chunk_frames
-        calls = [self.embedder.embed_frames.remote(frames[s : s + step], job.request_id)
-                 for s in range(0, len(frames), step)]
-        return np.concatenate(await asyncio.gather(*calls))
+        calls = [[self.embedder.embed_frames.remote(c.frames[s : s + step], job.request_id)
+                  for s in range(0, len(c.frames), step)] for c in chunks]
+        outs = await asyncio.gather(*(asyncio.gather(*parts) for parts in calls))
+        return [propagate(np.concatenate(out) if out else np.zeros((0, 1), np.float32), c.group_of)
+                for c, out in zip(chunks, outs, strict=True)]
 
-    async def _query_vector(self, job: Job, size: int) -> np.ndarray | None:
-        if job.req.query:
-            return await self.embedder.embed_text.remote(job.req.query.strip())
-        if job.query_image is None:
-            return None
-        image = await asyncio.to_thread(_image_for_model, job.query_image, size)
+    def _query(self, job: Job) -> np.ndarray | None:
+        """The request's query vector (`pipeline.query_vector`, as the job computes it),
+        from a worker thread: the embedding deployment's answers are awaited blocking."""
         if self.embedder is None:
-            return frame_features(image)[0]
-        return (await self.embedder.embed_frames.remote(image, job.request_id))[0]
+            encode_text, encode_frames = None, frame_features
+        else:
+            def encode_text(texts: list[str]) -> np.ndarray:
+                return np.stack([self.embedder.embed_text.remote(t).result() for t in texts])
+
+            def encode_frames(frames: np.ndarray) -> np.ndarray:
+                return self.embedder.embed_frames.remote(frames, job.request_id).result()
+        try:
+            return query_vector(job.req.query.strip() if job.req.query else None, job.query_image,
+                                encode_text=encode_text, encode_frames=encode_frames,
+                                image_size=self.spec.image_size)
+        except DecodeError as exc:
+            raise ServiceError(422, f"query_image is {exc}") from None
 
     def _thumbnails(self, path: str, frame_index: np.ndarray, info: VideoInfo) -> list[str]:
         try:
@@ -803,18 +777,22 @@ def build_app(args: dict | None = None) -> serve.Application:
     cfg = ServeConfig.load(args)
     spec = resolve_embedder(cfg.embedder, cfg.model, cfg.pretrained, cfg.weights)
     log.warning("framesift service: embedder %s", spec.name)
-    spec_dict = {"kind": spec.kind, "model": spec.model, "pretrained": spec.pretrained,
-                 "checkpoint": spec.checkpoint}
     embedder = None
     if spec.kind == "clip":
         options = _deployment_options(cfg.embedding, gpu_capable=True)
         options["user_config"] = {"max_batch_frames": cfg.embed_max_batch_frames,
                                   "batch_wait_s": cfg.embed_batch_wait_s}
-        embedder = Embedder.options(**options).bind(
-            spec_dict, cfg.embed_max_batch_frames, cfg.embed_num_threads, cfg.embed_chunk_frames,
-            cfg.embed_dtype)
+        embedder = Embedder.options(**options).bind(*embedder_args(cfg, spec))
     ingress = SelectService.options(**_deployment_options(cfg.ingress, gpu_capable=False))
-    return ingress.bind(cfg.to_dict(), spec_dict, embedder)
+    return ingress.bind(cfg.to_dict(), spec.to_dict(), embedder)
+
+
+def embedder_args(cfg: ServeConfig, spec: EmbedderSpec) -> tuple:
+    """The Embedder deployment's constructor arguments: the whole spec (its `weights` too,
+    so that a replica on a node without the driver's checkpoint file resolves the user's
+    file or URI again), then the batching, thread and precision settings."""
+    return (spec.to_dict(), cfg.embed_max_batch_frames, cfg.embed_num_threads, cfg.embed_chunk_frames,
+            cfg.embed_dtype)
 
 
 def __getattr__(name: str) -> Any:

@@ -19,9 +19,10 @@ from urllib.parse import urlparse
 import yaml
 
 from jobs.config import EMBEDDERS, ConfigError
+from operators import defaults
 
-CONFIG_ENV = "FRAMESIFT_SERVE_CONFIG"
-OPTIONS_ENV = "FRAMESIFT_SERVE_OPTIONS"
+CONFIG_ENV = defaults.SERVE_CONFIG_ENV
+OPTIONS_ENV = defaults.SERVE_OPTIONS_ENV
 MiB = 1024 * 1024
 
 # Options a deployment may take from the configuration (Ray Serve's own names).
@@ -63,15 +64,15 @@ class ServeConfig:
         metadata={"help": "URIs readable by POST /select: s3://bucket/prefix/ or local folders"},
     )
     s3_endpoint: str | None = field(default=None, metadata={"help": "S3-compatible endpoint URL"})
-    embedder: str = field(default="auto", metadata={"help": "auto, clip or features (as the job)"})
-    model: str = field(default="ViT-B-32", metadata={"help": "open_clip model name"})
+    embedder: str = field(default=defaults.EMBEDDER, metadata={"help": "auto, clip or features (as the job)"})
+    model: str = field(default=defaults.MODEL, metadata={"help": "open_clip model name"})
     pretrained: str = field(
-        default="laion2b_s34b_b79k", metadata={"help": "open_clip tag ('random': tests only)"}
+        default=defaults.PRETRAINED, metadata={"help": "open_clip tag ('random': tests only)"}
     )
     weights: str | None = field(default=None, metadata={"help": "local CLIP checkpoint file/dir"})
-    default_method: str = field(default="kmeans", metadata={"help": "method when none is given"})
-    default_k: int | str = field(default=8, metadata={"help": "k when none is given"})
-    default_fps: float = field(default=1.0, metadata={"help": "fps when none is given"})
+    default_method: str = field(default=defaults.METHOD, metadata={"help": "method when none is given"})
+    default_k: int | str = field(default=defaults.K, metadata={"help": "k when none is given"})
+    default_fps: float = field(default=defaults.FPS, metadata={"help": "fps when none is given"})
     max_upload_bytes: int = field(default=256 * MiB, metadata={"help": "largest video (413)"})
     max_query_image_bytes: int = field(default=8 * MiB, metadata={"help": "largest query image"})
     max_json_bytes: int = field(default=64 * 1024, metadata={"help": "largest JSON body (413)"})
@@ -86,10 +87,17 @@ class ServeConfig:
     thumbnail_max_side: int = field(default=320, metadata={"help": "thumbnail long side (px)"})
     thumbnail_quality: int = field(default=85, metadata={"help": "thumbnail JPEG quality"})
     token_env: str = field(
-        default="FRAMESIFT_SERVE_TOKEN",
+        default=defaults.SERVE_TOKEN_ENV,
         metadata={"help": "env var holding a bearer token; when set, requests need it (401)"},
     )
     decode_workers: int = field(default=2, metadata={"help": "decode threads per ingress replica"})
+    chunk_frames: int = field(
+        default=defaults.CHUNK_FRAMES, metadata={"help": "sampled frames per chunk (as the job's)"}
+    )
+    cascade_ratio: float = field(
+        default=defaults.CASCADE_RATIO, metadata={"help": "cascade: most embedded share (as the job's)"}
+    )
+    dense: bool = field(default=False, metadata={"help": "embed every sampled frame (as the job's --dense)"})
     embed_chunk_frames: int = field(default=16, metadata={"help": "frames per embedding call"})
     embed_max_batch_frames: int = field(
         default=64, metadata={"help": "frames per model batch across requests (1 chunk = off)"}
@@ -97,7 +105,7 @@ class ServeConfig:
     embed_batch_wait_s: float = field(default=0.02, metadata={"help": "wait to fill a batch"})
     embed_num_threads: int | None = field(default=None, metadata={"help": "torch CPU threads"})
     embed_dtype: str = field(
-        default="auto", metadata={"help": "CLIP precision: auto, fp32, bf16 or fp16 (as the job)"}
+        default=defaults.EMBED_DTYPE, metadata={"help": "CLIP precision: auto, fp32, bf16 or fp16 (as the job)"}
     )
     ingress: dict = field(default_factory=_ingress_defaults, metadata={"help": "Serve options"})
     embedding: dict = field(default_factory=_embedding_defaults, metadata={"help": "Serve options"})
@@ -113,19 +121,21 @@ class ServeConfig:
             raise ConfigError(f"unknown default_method {self.default_method!r}")
         self.default_k = parse_k(self.default_k)
         for name in ("max_upload_bytes", "max_query_image_bytes", "max_json_bytes", "max_frames",
-                     "k_max", "thumbnail_max_side", "decode_workers", "embed_chunk_frames"):
+                     "k_max", "thumbnail_max_side", "decode_workers", "embed_chunk_frames", "chunk_frames"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be >= 1")
         for name in ("max_duration_s", "request_timeout_s", "fps_max", "default_fps"):
             if not float(getattr(self, name)) > 0:
                 raise ConfigError(f"{name} must be > 0")
+        if not 0.0 < self.cascade_ratio <= 1.0:
+            raise ConfigError("cascade_ratio must be in (0, 1]")
         if self.too_many_frames not in ("cap", "refuse"):
             raise ConfigError("too_many_frames must be 'cap' or 'refuse'")
         if not 1 <= self.thumbnail_quality <= 100:
             raise ConfigError("thumbnail_quality must be in 1..100")
         if self.embed_max_batch_frames < self.embed_chunk_frames:
             raise ConfigError("embed_max_batch_frames must be >= embed_chunk_frames")
-        from operators.embed import EMBED_DTYPES
+        from operators.precision import EMBED_DTYPES
 
         if self.embed_dtype not in EMBED_DTYPES:
             raise ConfigError(f"embed_dtype must be one of {', '.join(EMBED_DTYPES)}, got {self.embed_dtype!r}")

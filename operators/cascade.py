@@ -69,3 +69,25 @@ def redundancy_groups(
         reps[g] = a + int(np.argmax(seg @ mean))
         group_of[a:b] = g
     return reps, group_of
+
+
+def chunk_floor(chunk_frames: int, video_frames: int, min_candidates: int) -> int:
+    """The fewest groups one chunk of `chunk_frames` frames may be cut into: its share of
+    the `min_candidates` distinct frames the selection needs for the whole video of
+    `video_frames` sampled frames (none when the video has no more frames than that, since
+    it is kept whole anyway)."""
+    need = min_candidates if video_frames > min_candidates else 0
+    return -(-need * chunk_frames // max(video_frames, 1))
+
+
+def plan_chunk(
+    features: np.ndarray, video_frames: int, ratio: float | None, min_candidates: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Which frames of one chunk the model must see. Takes the chunk's features (n, D), the
+    video's number of sampled frames, the cascade ratio (None: every frame, the dense
+    job) and the distinct candidates the selection needs per video. Returns
+    (representatives (m,), group_of (n,)) as `redundancy_groups` does."""
+    n = len(features)
+    if ratio is None:
+        return np.arange(n, dtype=np.int64), np.arange(n, dtype=np.int64)
+    return redundancy_groups(features, ratio, min_groups=chunk_floor(n, video_frames, min_candidates))

@@ -103,7 +103,7 @@ def sample_indices(info: VideoInfo, fps: float, max_frames: int | None = None) -
 
 def sampling_step(info: VideoInfo, idx: np.ndarray) -> float:
     """The usual spacing, in source frames, of the sampled indices `idx` (their median gap;
-    the video's length when there is one sample or none): what `_reader` compares with the
+    the video's length when there is one sample or none): what `open_reader` compares with the
     keyframe spacing to choose between seeking and decoding in order."""
     return float(np.median(np.diff(idx))) if len(idx) > 1 else float(info.num_frames)
 
@@ -302,7 +302,7 @@ class _SequentialReader:
         self.container.close()
 
 
-def _reader(
+def open_reader(
     path: str,
     width: int,
     height: int,
@@ -393,7 +393,7 @@ def iter_chunks(
     idx = sample_indices(info, fps, max_frames)
     w, h = model_geometry(info, size)
     step = sampling_step(info, idx)
-    reader = _reader(
+    reader = open_reader(
         path, w, h, num_threads, step=step, encode=encode_images,
         image_size=output_geometry(info, image_max_side), wanted=idx,
     )
@@ -444,7 +444,7 @@ def read_frames(
         return np.zeros((0, 0, 0, 3), np.uint8)
     info = info or probe_video(path)
     w, h = output_geometry(info, max_side)
-    reader = _reader(path, w, h, 1)
+    reader = open_reader(path, w, h, 1)
     order = np.argsort(frame_index)
     try:
         frames = _read(reader, np.asarray(frame_index)[order])

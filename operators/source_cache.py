@@ -32,10 +32,11 @@ import uuid
 import zipfile
 from collections.abc import Iterator, Sequence
 
+from operators import defaults
 from operators.storage import Storage, is_remote, local_copy, local_path
 
-CACHE_ENV = "FRAMESIFT_SOURCE_CACHE"
-CACHE_GB_ENV = "FRAMESIFT_SOURCE_CACHE_GB"
+CACHE_ENV = defaults.SOURCE_CACHE_ENV
+CACHE_GB_ENV = defaults.SOURCE_CACHE_GB_ENV
 DEFAULT_CACHE_GB = 20.0
 MAX_AGE_S = 24 * 3600
 MIN_AGE_S = 60.0  # a copy used this recently is being read: never evicted for room

@@ -126,13 +126,13 @@ def test_dense_sampling_decodes_in_order_and_sparse_sampling_seeks(shared_videos
     """Sampling one frame per GOP or more often decodes every frame anyway, so it runs in
     order with PyAV (cheaper: only kept frames are scaled); sparser sampling seeks with
     decord. Both return the same frames."""
-    from operators.decode import _RandomAccessReader, _reader, _SequentialReader, model_geometry
+    from operators.decode import _RandomAccessReader, _SequentialReader, model_geometry, open_reader
 
     path = str(shared_videos / "big_buck_bunny_0_30.webm")  # 24 fps, keyframes ~93 frames apart
     info = probe_video(path)
     w, h = model_geometry(info, 224)
-    assert isinstance(_reader(path, w, h, 1, step=24), _SequentialReader)
-    assert isinstance(_reader(path, w, h, 1, step=240), _RandomAccessReader)
+    assert isinstance(open_reader(path, w, h, 1, step=24), _SequentialReader)
+    assert isinstance(open_reader(path, w, h, 1, step=240), _RandomAccessReader)
     dense = decode_video(path, fps=1.0)  # every 24th frame: in order
     sparse = decode_video(path, fps=0.1)  # every 240th: seeks
     common = np.intersect1d(dense.frame_index, sparse.frame_index)
@@ -184,7 +184,7 @@ def test_in_order_decoding_skips_unneeded_b_frames_and_returns_the_same_frames(t
     """H.264 and HEVC with B-frames (the encoders' defaults): frames that are neither sampled
     nor referenced are not decoded at all, and every sampled frame is bit for bit what a full
     decode of the file gives, at the same index."""
-    from operators.decode import _reader, _SequentialReader, center_crop, model_geometry
+    from operators.decode import _SequentialReader, center_crop, model_geometry, open_reader
     from tests.synthetic import write_video
 
     frames = np.concatenate([shot_frames(60, seed) for seed in range(3)])
@@ -193,8 +193,8 @@ def test_in_order_decoding_skips_unneeded_b_frames_and_returns_the_same_frames(t
     idx = sample_indices(info, fps=1.0)
     w, h = model_geometry(info, 64)
 
-    full = _reader(path, w, h, 1, step=10.0)  # no `wanted`: counts every decoded frame
-    skipping = _reader(path, w, h, 1, step=10.0, wanted=idx)
+    full = open_reader(path, w, h, 1, step=10.0)  # no `wanted`: counts every decoded frame
+    skipping = open_reader(path, w, h, 1, step=10.0, wanted=idx)
     assert isinstance(skipping, _SequentialReader) and skipping.skipping and not full.skipping
     parts = [idx[:7], idx[7:]]  # read in chunks, as iter_chunks does
     a = np.concatenate([full.read(p) for p in parts])
@@ -212,7 +212,7 @@ def test_in_order_decoding_skips_unneeded_b_frames_and_returns_the_same_frames(t
 def test_skipping_is_off_where_packets_do_not_match_the_index(shared_videos):
     """Frames are indexed by their packets' timestamps only where those name exactly the
     frames decord's index lists; otherwise (or outside indexed containers) by counting."""
-    from operators.decode import _reader, display_order
+    from operators.decode import display_order, open_reader
 
     path = str(shared_videos / "cockatoo.mp4")
     n = probe_video(path).num_frames
@@ -220,7 +220,7 @@ def test_skipping_is_off_where_packets_do_not_match_the_index(shared_videos):
     assert order is not None and len(order) == n and np.all(np.diff(order) > 0)
     assert display_order(path, n + 1) is None
     avi = str(shared_videos / "Megamind.avi")  # not an indexed container: counted
-    assert not _reader(avi, 64, 64, 1, step=24.0, wanted=np.arange(0, 200, 24)).skipping
+    assert not open_reader(avi, 64, 64, 1, step=24.0, wanted=np.arange(0, 200, 24)).skipping
 
 
 def test_packed_mpeg4_b_frames_remuxed_to_matroska_are_counted_not_skipped(shared_videos, tmp_path):
@@ -229,7 +229,7 @@ def test_packed_mpeg4_b_frames_remuxed_to_matroska_are_counted_not_skipped(share
     Such streams are decoded whole and counted, which gives the AVI's own frames."""
     import av
 
-    from operators.decode import _reader, _SequentialReader, model_geometry
+    from operators.decode import _SequentialReader, model_geometry, open_reader
 
     src = shared_videos / "Megamind.avi"
     dst = tmp_path / "megamind.mkv"
@@ -244,7 +244,7 @@ def test_packed_mpeg4_b_frames_remuxed_to_matroska_are_counted_not_skipped(share
     info = probe_video(str(dst))
     idx = sample_indices(info, fps=1.0)
     w, h = model_geometry(info, 64)
-    reader = _reader(str(dst), w, h, 1, step=24.0, wanted=idx)
+    reader = open_reader(str(dst), w, h, 1, step=24.0, wanted=idx)
     assert isinstance(reader, _SequentialReader) and not reader.skipping
     truth = _SequentialReader(str(src), w, h, 1).read(idx)
     assert np.array_equal(reader.read(idx), truth)

@@ -11,17 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from operators.embed import (
-    ClipEmbedder,
-    EmbedderSpec,
-    FeatureEmbedder,
-    WeightsError,
-    batch_slices,
-    create_embedder,
-    embed_dtype,
-    resolve_embedder,
-    splits_batches,
-)
+from operators.embed import ClipEmbedder, FeatureEmbedder, create_embedder
+from operators.precision import embed_dtype
+from operators.threads import batch_slices, splits_batches
+from operators.weights import EmbedderSpec, WeightsError, resolve_embedder
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +170,7 @@ def test_mapped_checkpoint_load_matches_open_clips_loader(tmp_path, random_clip,
     import torch.utils.serialization
     from safetensors.torch import save_file
 
-    from operators.embed import _skip_weight_init, load_checkpoint_mapped
+    from operators.torch_patches import load_checkpoint_mapped, skip_weight_init
 
     state = {k: v.float().contiguous() for k, v in random_clip.model.state_dict().items()}
     path = tmp_path / layout
@@ -188,7 +181,7 @@ def test_mapped_checkpoint_load_matches_open_clips_loader(tmp_path, random_clip,
     else:
         torch.save(state, path)
     reference = open_clip.create_model("ViT-B-32", pretrained=str(path)).eval()
-    with _skip_weight_init():
+    with skip_weight_init():
         model = open_clip.create_model("ViT-B-32", pretrained=None)
     load_checkpoint_mapped(model, str(path))
     path.unlink()  # the mapped pages stay readable
@@ -204,7 +197,7 @@ def test_mapped_checkpoint_load_matches_open_clips_loader(tmp_path, random_clip,
 
 
 def test_mapped_checkpoint_load_is_strict(tmp_path, random_clip):
-    from operators.embed import load_checkpoint_mapped
+    from operators.torch_patches import load_checkpoint_mapped
 
     state = dict(random_clip.model.state_dict())
     state.pop("visual.proj")
@@ -223,7 +216,7 @@ def test_embedding_actor_sets_passive_openmp_waits_before_torch_loads():
     import sys
 
     probe = (
-        "import os, sys; from operators.stages import passive_openmp_waits as p; "
+        "import os, sys; from operators.process import passive_openmp_waits as p; "
         "first = p(); value = os.environ.get('OMP_WAIT_POLICY'); import torch; "
         "print(first, value, p())"
     )
@@ -238,6 +231,7 @@ def test_embedding_actor_sets_passive_openmp_waits_before_torch_loads():
 def test_embedding_actor_freezes_its_startup_objects_and_later_garbage_is_still_collected(random_clip_file):
     import gc
 
+    from operators.chunk_row import ChunkRow
     from operators.stages import EmbedStage
 
     assert gc.get_freeze_count() == 0
@@ -245,7 +239,9 @@ def test_embedding_actor_freezes_its_startup_objects_and_later_garbage_is_still_
         stage = EmbedStage(resolve_embedder("clip", weights=str(random_clip_file)), batch_size=4, dtype="fp32")
         # the modules of torch, open_clip and the model's objects: far more than a handful
         assert gc.get_freeze_count() > 100_000
-        out = stage({"frames": np.zeros((1, 2, 224, 224, 3), np.uint8), "group_of": np.zeros((1, 2), np.int64)})
+        row = ChunkRow("v", "v.mp4", features=np.zeros((2, 8), np.float32), frames=np.zeros((2, 224, 224, 3), np.uint8),
+                       group_of=np.arange(2))
+        out = stage(row.to_batch())
         assert out["embedding"].shape == (1, 2, 512)
         cycle: list = []
         cycle.append(cycle)
@@ -312,7 +308,7 @@ def test_weights_from_object_storage_and_per_node_resolution(
     driver's resolved path resolves the user's --weights again (multi-node clusters)."""
     from dataclasses import replace
 
-    from operators.embed import local_checkpoint
+    from operators.weights import local_checkpoint
 
     s3fs_client.mkdir("weights-bucket")
     s3fs_client.put(str(random_clip_file), "weights-bucket/clip/w.pt")
@@ -326,3 +322,28 @@ def test_weights_from_object_storage_and_per_node_resolution(
                        random_clip.encode_frames(frames[:2]), atol=1e-5)
     with pytest.raises(WeightsError, match="cannot download"):
         resolve_embedder("clip", weights="s3://weights-bucket/clip/missing.pt")
+
+
+def test_service_replica_resolves_an_s3_checkpoint_the_driver_downloaded(
+    tmp_path, random_clip, random_clip_file, frames, s3fs_client, monkeypatch
+):
+    """The service's Embedder gets the whole spec: a replica on a node that lacks the
+    driver's downloaded copy loads the user's s3:// checkpoint, not the pretrained tag."""
+    import gc
+
+    from jobs.serve import Embedder, embedder_args
+    from jobs.serve_config import ServeConfig
+
+    s3fs_client.mkdir("serve-weights")
+    s3fs_client.put(str(random_clip_file), "serve-weights/clip/w.pt")
+    monkeypatch.setenv("FRAMESIFT_CACHE", str(tmp_path / "driver-cache"))
+    spec = resolve_embedder("clip", weights="s3://serve-weights/clip/w.pt")
+    args = list(embedder_args(ServeConfig(), spec))
+    args[0] = {**args[0], "checkpoint": "/only/on/the/driver/w.pt"}  # another node
+    monkeypatch.setenv("FRAMESIFT_CACHE", str(tmp_path / "replica-cache"))
+    try:
+        replica = Embedder.func_or_class(*args)
+    finally:
+        gc.unfreeze()
+    assert (tmp_path / "replica-cache").exists()  # downloaded again on the replica's node
+    assert np.allclose(replica._model.encode_frames(frames[:2]), random_clip.encode_frames(frames[:2]), atol=1e-5)

@@ -17,6 +17,8 @@ from PIL import Image
 
 from jobs import curate
 from jobs.config import ConfigError, CurateConfig
+from operators.finalize import FINALIZE_CPUS
+from operators.resources import ClusterShape, largest_node_cpus
 from operators.storage import Storage
 from operators.write import MANIFEST_SCHEMA, SHOTS_SCHEMA, VIDEOS_SCHEMA, read_table
 from tests.conftest import ROOT
@@ -310,15 +312,15 @@ def test_query_method_without_query_is_a_usage_error(tmp_path):
 
 @pytest.mark.parametrize("cpus", [1, 2, 16])
 def test_cpu_embedding_leaves_room_for_decode_and_finalize(cpus):
-    res = curate.embed_resources(cpus, 0, CurateConfig())
-    assert res["num_gpus"] == 0 and res["threads"] == cpus
+    plan = curate.plan_stages(ClusterShape.of(cpus, 0), CurateConfig())
+    assert plan.embed.gpus == 0 and plan.embed_threads == cpus
     # the actor, one decode task per core at most, and a finalize task must fit, or Ray
     # would never schedule decode (or finalize) beside the actor
-    spare = cpus - res["num_cpus"]
-    assert 0 < res["decode_cpus"] <= spare
-    assert spare / res["decode_cpus"] == max(2, cpus)  # decode tasks that can run at once
-    assert 0.25 <= res["finalize_cpus"] <= curate.FINALIZE_CPUS
-    assert res["num_cpus"] + res["decode_cpus"] + res["finalize_cpus"] <= cpus
+    spare = cpus - plan.embed.cpus
+    assert 0 < plan.decode.cpus <= spare
+    assert spare / plan.decode.cpus == max(2, cpus)  # decode tasks that can run at once
+    assert 0.25 <= plan.finalize.cpus <= FINALIZE_CPUS
+    assert plan.embed.cpus + plan.decode.cpus + plan.finalize.cpus <= cpus
 
 
 @pytest.mark.parametrize("dense,chunk,ratio,batch,threads", [
@@ -327,16 +329,19 @@ def test_cpu_embedding_leaves_room_for_decode_and_finalize(cpus):
     (True, 64, 0.12, 32, 2), (False, 64, 0.12, 32, 2), (True, 64, 0.12, 32, 16), (False, 64, 0.12, 32, 16),
 ])
 def test_embedding_calls_gather_rows_to_fill_a_model_batch(dense, chunk, ratio, batch, threads):
-    from operators.embed import CPU_FRAMES_PER_THREAD
+    from operators.stages import EmbedStage
+    from operators.threads import CPU_FRAMES_PER_THREAD
 
-    cfg = CurateConfig(dense=dense, chunk_frames=chunk, cascade_ratio=ratio, embed_batch_size=batch)
-    rows = curate.embed_rows_per_call(cfg, threads)
+    def rows_per_call(threads: int | None = None) -> int:
+        return EmbedStage.rows_per_call(batch, chunk, None if dense else ratio, threads)
+
+    rows = rows_per_call(threads)
     per_row = chunk if dense else max(1.0, chunk * ratio)  # frames a row brings to the model
     want = max(batch, CPU_FRAMES_PER_THREAD * (threads or 0))  # a CPU actor's threads each get enough
     assert rows >= 1 and rows * per_row >= want  # a call fills a batch ...
     assert rows == 1 or (rows - 1) * per_row < want  # ... without holding more rows than that
     if threads == 2:  # the 2-core actor: one dense row, as many cascade rows as without threads
-        assert rows == curate.embed_rows_per_call(cfg)
+        assert rows == rows_per_call()
 
 
 def test_driver_lowers_the_priority_of_all_its_threads_once():
@@ -346,7 +351,7 @@ def test_driver_lowers_the_priority_of_all_its_threads_once():
     # relative to the niceness the test process has (a job run earlier in it lowered it)
     probe = """
 import os, threading
-from jobs.curate import lower_priority
+from operators.process import lower_priority
 stop = threading.Event()
 early = threading.Thread(target=stop.wait); early.start()
 nice = lambda: sorted({os.getpriority(os.PRIO_PROCESS, int(t)) for t in os.listdir('/proc/self/task')})
@@ -381,11 +386,11 @@ def test_cpu_embedding_is_sized_from_one_node_not_the_cluster():
     # a head without CPUs, two 16-core workers and a 32-core one that is gone: an actor of
     # 16 threads fits on a worker; one sized from the 32 CPUs alive would fit on no node
     nodes = [node(0), node(16), node(16), node(32, alive=False)]
-    assert curate.largest_node_cpus(nodes) == 16
-    assert curate.largest_node_cpus([node(8), node(4, gpus=1)]) == 8
-    assert curate.largest_node_cpus([node(0)]) == 0 and curate.largest_node_cpus([]) == 0
-    res = curate.embed_resources(curate.largest_node_cpus(nodes), 0, CurateConfig())
-    assert res["threads"] == 16 and res["num_cpus"] <= 16
+    assert largest_node_cpus(nodes) == 16
+    assert largest_node_cpus([node(8), node(4, gpus=1)]) == 8
+    assert largest_node_cpus([node(0)]) == 0 and largest_node_cpus([]) == 0
+    plan = curate.plan_stages(ClusterShape.of(largest_node_cpus(nodes), 0), CurateConfig())
+    assert plan.embed_threads == 16 and plan.embed.cpus <= 16
 
 
 def test_images_are_kept_for_jpeg_output_only():
@@ -397,17 +402,17 @@ def test_images_are_kept_for_jpeg_output_only():
 
 
 def test_gpu_embedding_decodes_on_whole_cpus():
-    res = curate.embed_resources(16, 2, CurateConfig())
-    assert res["num_gpus"] == 1 and res["concurrency"] == (1, 2) and res["decode_cpus"] == 1.0
+    plan = curate.plan_stages(ClusterShape.of(16, 2), CurateConfig())
+    assert plan.embed.gpus == 1 and plan.embed_concurrency == (1, 2) and plan.decode.cpus == 1.0
 
 
 @pytest.mark.parametrize("cpus, gpus", [(1, 0), (2, 0), (16, 0), (16, 2)])
 def test_local_ray_keeps_an_idle_worker_for_everything_the_job_runs_at_once(cpus, gpus):
     cfg = CurateConfig()
-    res = curate.embed_resources(cpus, gpus, cfg)
-    spare = cpus - (0 if gpus else res["num_cpus"])
-    decode_at_once = int(spare / res["decode_cpus"])
-    embed_actors = res["concurrency"] if isinstance(res["concurrency"], int) else res["concurrency"][1]
+    plan = curate.plan_stages(ClusterShape.of(cpus, gpus), cfg)
+    spare = cpus - (0 if gpus else plan.embed.cpus)
+    decode_at_once = int(spare / plan.decode.cpus)
+    embed_actors = plan.embed_concurrency if isinstance(plan.embed_concurrency, int) else plan.embed_concurrency[1]
     ray_data_actors = 3  # Ray Data's stats, autoscaling-coordinator and actor-location actors
     env = curate.worker_pool_env(cpus, cfg.max_inflight_videos)
     kept = int(env["RAY_num_workers_soft_limit"])

@@ -391,7 +391,8 @@ def clip_video() -> tuple[np.ndarray, np.ndarray]:
 
     ViT-S-32 (the smallest ViT config open_clip ships) keeps this fast; the path is the
     same as for the default ViT-B-32."""
-    from operators.embed import ClipEmbedder, EmbedderSpec
+    from operators.embed import ClipEmbedder
+    from operators.weights import EmbedderSpec
 
     model = ClipEmbedder(EmbedderSpec("clip", model="ViT-S-32"), device="cpu", batch_size=4)
     size = model.image_size

@@ -17,7 +17,10 @@ import numpy as np
 import pytest
 
 from operators import source_cache
-from operators.finalize import FinalizeSettings, VideoAssembler, finalize_video
+from operators.assemble import VideoAssembler
+from operators.chunk_row import ChunkRow
+from operators.finalize import FinalizeSettings, finalize_video
+from operators.pipeline import SamplingOptions, SelectOptions
 from operators.sources import list_inputs
 from operators.stages import DecodeStage
 from operators.storage import Storage
@@ -43,7 +46,8 @@ def bucket(s3fs_client):
 def _decode(storage: Storage, uri_prefix: str, **stage_kwargs) -> tuple[list, list[dict]]:
     """List and decode every video under the prefix; (sources, chunk rows as dicts)."""
     sources = list_inputs(storage, uri_prefix)
-    stage = DecodeStage(storage, fps=2.0, keep_pixels=False, **stage_kwargs)
+    sampling = SamplingOptions(fps=2.0, with_model=False, chunk_frames=stage_kwargs.pop("chunk_frames", 64))
+    stage = DecodeStage(storage, sampling, **stage_kwargs)
     rows = []
     for src in sources:
         batch = {k: np.array([v], dtype=object) for k, v in src.to_row().items()}
@@ -53,10 +57,11 @@ def _decode(storage: Storage, uri_prefix: str, **stage_kwargs) -> tuple[list, li
 
 
 def _finalize(storage: Storage, rows: list[dict], out: str) -> list[dict]:
-    settings = FinalizeSettings(storage=storage, output=out, method="uniform", k=3, embedder="features-v1")
+    settings = FinalizeSettings(storage=storage, output=out, select=SelectOptions(method="uniform", k=3),
+                                embedder="features-v1")
     assembler, done = VideoAssembler(), []
     for row in rows:
-        payload = assembler.add(row)
+        payload = assembler.add(ChunkRow.from_row(row))
         if payload is not None:
             done.append(finalize_video(payload, settings))
     return done

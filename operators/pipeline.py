@@ -1,0 +1,256 @@
+"""One video's path from sampled frames to a selection: the code the job and the service share.
+
+    sample_chunks     decode a chunk of sampled frames, compute features, plan the cascade
+    propagate         every sampled frame takes its representative's embedding
+    select_video      shots, the selection, each selected frame's shot and clip window
+
+The job runs `sample_chunks` in its decode stage and `select_video` in its finalize task,
+with the embedding stage between them; the service runs the same three in one request.
+Neither has a second copy of any step, so the same video with the same options gets the
+same frames from both.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from operators import defaults
+from operators.cascade import plan_chunk
+from operators.decode import VideoInfo, image_for_model, iter_chunks, sample_indices
+from operators.features import frame_features
+from operators.segment import detect_shots, shot_ids_from_starts, shot_windows
+from operators.select import Selection, VideoFrames, select_frames
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """Which frames of a video are sampled, and which of those the model sees.
+
+    `size` is the model's input size; `cascade_ratio` None embeds every sampled frame (the
+    dense job), otherwise one frame per near-duplicate group, at least `min_candidates` per
+    video (the distinct frames the selection needs); `with_model` False (the training-free
+    features embedder) keeps no pixels at all.
+    """
+
+    fps: float = defaults.FPS
+    size: int = defaults.FEATURES_IMAGE_SIZE
+    chunk_frames: int = defaults.CHUNK_FRAMES
+    max_frames: int | None = None
+    cascade_ratio: float | None = defaults.CASCADE_RATIO
+    min_candidates: int = 0
+    with_model: bool = True
+    decode_threads: int = 1
+
+
+@dataclass(frozen=True)
+class SampledChunk:
+    """One decoded chunk: sampled frames' indices, times and features; with a model, the
+    pixels it must embed (`frames`) and each sampled frame's representative (`group_of`)."""
+
+    frame_index: np.ndarray
+    timestamps: np.ndarray
+    features: np.ndarray
+    frames: np.ndarray | None
+    group_of: np.ndarray | None
+    images: tuple[bytes, ...] | None
+    decode_s: float
+    features_s: float
+
+
+def cascade_candidates(k: int | str) -> int:
+    """The fewest frames per video the cascade may cap its model calls at: k distinct
+    candidates for a fixed k (fewer would force duplicate picks), the adaptive budget's
+    upper bound for "auto"."""
+    return int(k) if k != "auto" else defaults.AUTO_K_MAX
+
+
+def sampled_count(info: VideoInfo, opts: SamplingOptions) -> int:
+    """How many frames of a probed video `opts` samples."""
+    return len(sample_indices(info, opts.fps, opts.max_frames))
+
+
+def expected_chunks(info: VideoInfo, opts: SamplingOptions) -> int:
+    """How many chunks the probe says the video has (at least one)."""
+    return max(1, -(-sampled_count(info, opts) // opts.chunk_frames))
+
+
+def sample_chunks(
+    path: str,
+    info: VideoInfo,
+    opts: SamplingOptions,
+    *,
+    encode_images: Callable[[np.ndarray], bytes] | None = None,
+    image_max_side: int | None = None,
+) -> Iterator[SampledChunk]:
+    """Decode a local video chunk by chunk: the sampled frames at the model's size, their
+    training-free features and, with a model, the cascade's plan of what it must embed.
+    `encode_images` also encodes each sampled frame at output size (see `iter_chunks`).
+    Raises DecodeError when the video cannot be decoded."""
+    n = sampled_count(info, opts)
+    chunks = iter_chunks(
+        path, opts.fps, opts.size, opts.chunk_frames, info=info, max_frames=opts.max_frames,
+        num_threads=opts.decode_threads, encode_images=encode_images, image_max_side=image_max_side,
+    )
+    while True:
+        t0 = time.perf_counter()
+        chunk = next(chunks, None)
+        if chunk is None:
+            return
+        t1 = time.perf_counter()
+        feats = frame_features(chunk.frames)
+        t2 = time.perf_counter()
+        frames = group_of = None
+        if opts.with_model:
+            reps, group_of = plan_chunk(feats, n, opts.cascade_ratio, opts.min_candidates)
+            frames = chunk.frames if len(reps) == len(feats) else np.ascontiguousarray(chunk.frames[reps])
+        yield SampledChunk(chunk.frame_index, chunk.timestamps, feats, frames, group_of, chunk.images,
+                           decode_s=t1 - t0, features_s=t2 - t1)
+
+
+def propagate(embeddings: np.ndarray, group_of: np.ndarray) -> np.ndarray:
+    """Every sampled frame's embedding: its representative's, from the model's (m, D)
+    output. Returns float16 (n, D), the precision the job carries and stores."""
+    return np.asarray(embeddings, np.float32).astype(np.float16)[np.asarray(group_of, np.int64)]
+
+
+@dataclass
+class SampledVideo:
+    """One video after embedding: per sampled frame its source index, time, features and
+    embedding (the features themselves without a model). No pixels."""
+
+    frame_index: np.ndarray
+    timestamps: np.ndarray
+    features: np.ndarray
+    embeddings: np.ndarray
+    duration_s: float
+
+    @classmethod
+    def concat(cls, parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]],
+               duration_s: float) -> SampledVideo:
+        """A video from its chunks in order: (frame_index, timestamps, features, embeddings
+        or None for the features themselves) each."""
+        if not parts:
+            z = np.zeros(0)
+            return cls(z.astype(np.int64), z, z.reshape(0, 0), z.reshape(0, 0), duration_s)
+        feats = np.concatenate([np.asarray(p[2], np.float32) for p in parts])
+        emb = feats if parts[0][3] is None else np.concatenate([np.asarray(p[3], np.float32) for p in parts])
+        return cls(
+            np.concatenate([np.asarray(p[0], np.int64) for p in parts]),
+            np.concatenate([np.asarray(p[1], np.float64) for p in parts]),
+            feats, emb, duration_s,
+        )
+
+
+@dataclass(frozen=True)
+class SelectOptions:
+    """How one video's frames are selected: method, budget (int or "auto"), seed, the
+    near-duplicate threshold and the method's own parameters."""
+
+    method: str = defaults.METHOD
+    k: int | str = defaults.K
+    seed: int = 0
+    dedup_threshold: float | None = None
+    params: dict = field(default_factory=dict)
+
+
+@dataclass
+class VideoSelection:
+    """A video's shots and selection, with each selected frame's shot and clip window.
+
+    `clip_of[j]` is the window selected frame j stands for: the method's own clip holding
+    it (`source` "method"; None if no clip of a clip method holds it), or, for methods
+    without clips, the frame's shot (`source` "shot"). `clips` lists the distinct windows.
+    """
+
+    video: SampledVideo
+    starts: np.ndarray
+    selection: Selection
+    shots: list[dict]
+    shot_of: np.ndarray
+    clips: list[dict]
+    clip_of: list[dict | None]
+
+    def frames(self) -> list[dict]:
+        """One dict per selected frame, in time order: frame_index, timestamp_s, score, rank
+        (0 = best score), shot_index, cluster_id, clip."""
+        sel, v = self.selection, self.video
+        order = np.argsort(-sel.scores, kind="stable")
+        rank = np.empty(len(order), np.int64)
+        rank[order] = np.arange(len(order))
+        return [
+            {
+                "frame_index": int(v.frame_index[i]), "timestamp_s": float(v.timestamps[i]),
+                "score": float(sel.scores[j]), "rank": int(rank[j]), "shot_index": int(self.shot_of[j]),
+                "cluster_id": int(sel.cluster_ids[j]), "clip": self.clip_of[j],
+            }
+            for j, i in enumerate(sel.indices)
+        ]
+
+
+def select_video(video: SampledVideo, options: SelectOptions, query: np.ndarray | None = None) -> VideoSelection:
+    """Shots and selection for one video, the one code path of the job and the service.
+    Raises ValueError for a bad method, k or parameter (TypeError for a parameter of the
+    wrong type)."""
+    ts = video.timestamps
+    starts = detect_shots(video.features, ts)
+    frames = VideoFrames(
+        embeddings=video.embeddings, timestamps=ts, shot_ids=shot_ids_from_starts(len(ts), starts),
+        features=video.features, query=query,
+    )
+    sel = select_frames(options.method, frames, options.k, seed=options.seed,
+                        dedup_threshold=options.dedup_threshold, **options.params)
+    shots = shot_table(video, starts)
+    shot_of = np.searchsorted(starts, sel.indices, side="right") - 1
+    clips, clip_of = _clip_windows(video, sel, shots, shot_of)
+    return VideoSelection(video, starts, sel, shots, shot_of, clips, clip_of)
+
+
+def shot_table(video: SampledVideo, starts: np.ndarray) -> list[dict]:
+    """Every shot: shot_index, start_s / end_s (boundaries halfway between the sampled
+    frames around a cut; the first at 0, the last at the video's end), start_frame_index and
+    num_sampled_frames."""
+    start_s, end_s = shot_windows(video.timestamps, starts, video.duration_s)
+    sizes = np.diff(np.append(starts, len(video.timestamps)))
+    return [
+        {"shot_index": i, "start_s": float(start_s[i]), "end_s": float(end_s[i]),
+         "start_frame_index": int(video.frame_index[a]), "num_sampled_frames": int(sizes[i])}
+        for i, a in enumerate(starts)
+    ]
+
+
+def _clip_windows(video: SampledVideo, sel: Selection, shots: list[dict],
+                  shot_of: np.ndarray) -> tuple[list[dict], list[dict | None]]:
+    ts, fi = video.timestamps, video.frame_index
+    if sel.clips is not None and len(sel.clips):
+        clips = [{"start_s": float(ts[a]), "end_s": float(ts[b]), "start_frame_index": int(fi[a]),
+                  "end_frame_index": int(fi[b]), "source": "method"} for a, b in sel.clips]
+        clip_of = [next((c for c, (a, b) in zip(clips, sel.clips, strict=True) if a <= i <= b), None)
+                   for i in sel.indices]
+        return clips, clip_of
+    clip_of = [{"start_s": shots[s]["start_s"], "end_s": shots[s]["end_s"], "source": "shot"} for s in shot_of]
+    unique = {(c["start_s"], c["end_s"]): c for c in clip_of}
+    return list(unique.values()), clip_of
+
+
+def query_vector(
+    text: str | None,
+    image: bytes | None,
+    *,
+    encode_text: Callable[[list[str]], np.ndarray] | None,
+    encode_frames: Callable[[np.ndarray], np.ndarray],
+    image_size: int,
+) -> np.ndarray | None:
+    """The query embedding of a text (needs `encode_text`) or of still-image bytes (decoded
+    as video frames are, then embedded), or None when there is neither. Raises DecodeError
+    for unreadable image bytes and ValueError for a text query without a text tower."""
+    if text:
+        if encode_text is None:
+            raise ValueError("text queries need the CLIP embedder; use a query image with 'features'")
+        return np.asarray(encode_text([text])[0], np.float32)
+    if image is None:
+        return None
+    return np.asarray(encode_frames(image_for_model(image, image_size))[0], np.float32)
