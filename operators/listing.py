@@ -49,6 +49,7 @@ class ListingPacer:
         self.max_wait_s = max_wait_s
         self.parts: dict[int, tuple[int, int, int, bool]] = {}
         self.started = 0
+        self.peak_outstanding = 0
         self._changed: asyncio.Event | None = None
 
     def _event(self) -> asyncio.Event:
@@ -64,6 +65,7 @@ class ListingPacer:
         """Record a part's counts so far; returns once the listing may go on (at once for a
         finished part), or after `max_wait_s` without progress (never a deadlock)."""
         self.parts[part] = (listed, skipped, emitted, done)
+        self.peak_outstanding = max(self.peak_outstanding, self.outstanding())
         deadline = time.monotonic() + self.max_wait_s
         while not done and self.outstanding() > self.window:
             event = self._event()
@@ -82,10 +84,12 @@ class ListingPacer:
         self._event().set()
 
     async def totals(self) -> dict:
-        """listed / skipped / emitted summed over parts, and how many parts are done."""
+        """listed / skipped / emitted summed over parts, how many parts are done, and the
+        most videos the listing was ever ahead of the driver."""
         vals = list(self.parts.values())
         return {"listed": sum(v[0] for v in vals), "skipped": sum(v[1] for v in vals),
-                "emitted": sum(v[2] for v in vals), "parts_done": sum(1 for v in vals if v[3])}
+                "emitted": sum(v[2] for v in vals), "parts_done": sum(1 for v in vals if v[3]),
+                "peak_ahead": self.peak_outstanding}
 
 
 SCHEMA = pa.schema([("video_id", pa.string()), ("source_uri", pa.string()), ("size", pa.int64()),
@@ -133,9 +137,10 @@ class ListSources:
         pending: list[VideoSource] = []
         out: list[pa.Table] = []
         out_bytes = 0
+        step = 16  # rows filtered at once; then as many as stay well under half a block
 
         def flush_pending() -> None:
-            nonlocal skipped, out_bytes
+            nonlocal skipped, out_bytes, step
             mask = resume.committed([s.video_id for s in pending])
             skipped += int(mask.sum())
             keep = [s for s, done in zip(pending, mask, strict=True) if not done]
@@ -144,13 +149,14 @@ class ListSources:
                 t = _table(keep)
                 out.append(t)
                 out_bytes += t.nbytes
+                step = int(np.clip(self.block_bytes / 4 / (t.nbytes / len(keep)), 1, 256))
 
         for src in iter_part(self.storage, part):
             if self.limit is not None and listed >= self.limit:
                 break
             listed += 1
             pending.append(src)
-            if len(pending) >= 64:  # small steps past block_bytes: Ray Data slices a block over 1.5x
+            if len(pending) >= step:  # small steps past block_bytes: Ray Data slices a block over 1.5x
                 flush_pending()
                 if out_bytes > self.block_bytes:
                     table = pa.concat_tables(out)

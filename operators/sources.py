@@ -34,6 +34,7 @@ PART_WEIGHT = 256  # top-level files per part ...
 DIR_WEIGHT = 64  # ... a top-level folder counting as this many
 LINES_PART_BYTES = 1 << 20  # a text listing's byte range per part (~10k URIs)
 STAT_BATCH = 256  # URIs of a listing file stat'ed at once (in threads)
+S3_PAGE_KEYS = 1000  # keys per ListObjectsV2 request (S3's most)
 
 
 @dataclass(frozen=True)
@@ -236,7 +237,7 @@ def _s3_pages(fs, bucket: str, prefix: str, delimiter: str = "") -> Iterator[dic
     """ListObjectsV2 pages (1000 keys each) of a prefix, one request at a time."""
     token = None
     while True:
-        kwargs = {"Bucket": bucket, "Prefix": prefix}
+        kwargs = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": S3_PAGE_KEYS}
         if delimiter:
             kwargs["Delimiter"] = delimiter
         if token:
