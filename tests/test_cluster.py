@@ -19,18 +19,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-from operators.source_cache import CACHE_ENV
+from benchmarks.common import LocalCluster
 from tests.conftest import ROOT
 from tests.synthetic import make_shots_video
 
@@ -50,64 +48,13 @@ def clips(tmp_path_factory) -> Path:
     return d
 
 
-class LocalCluster:
-    """A head (0 CPUs) and worker nodes of 1 CPU, each with its own source cache, in a
-    private Ray temp folder."""
-
-    def __init__(self, root: Path) -> None:
-        from ray.cluster_utils import Cluster
-
-        self.root = root
-        self.tmp = tempfile.mkdtemp(prefix="fsc-", dir="/tmp")  # short: Ray's socket paths
-        self._env = {k: os.environ.get(k) for k in ("RAY_TMPDIR", CACHE_ENV)}
-        os.environ["RAY_TMPDIR"] = self.tmp
-        self.cluster = Cluster(initialize_head=True, connect=False,
-                               head_node_args={"num_cpus": 0, "include_dashboard": False})
-        self.workers: list = []
-        self.add_worker()
-        self.add_worker(resources={"gpu_like": 1})
-
-    def add_worker(self, **kwargs):
-        """A new 1-CPU worker node with its own cache folder; returns it."""
-        cache = self.root / f"cache-{len(self.workers)}"
-        os.environ[CACHE_ENV] = str(cache)  # the raylet and its workers inherit it
-        try:
-            node = self.cluster.add_node(num_cpus=1, **kwargs)
-        finally:
-            if self._env[CACHE_ENV] is None:
-                os.environ.pop(CACHE_ENV, None)
-            else:
-                os.environ[CACHE_ENV] = self._env[CACHE_ENV]
-        self.workers.append(node)
-        return node
-
-    @property
-    def address(self) -> str:
-        return self.cluster.address
-
-    def raylet_pid(self, node) -> int:
-        return node.all_processes["raylet"][0].process.pid
-
-    def shutdown(self) -> None:
-        try:
-            self.cluster.shutdown()
-        finally:
-            for k, v in self._env.items():
-                if k == "RAY_TMPDIR":
-                    if v is None:
-                        os.environ.pop(k, None)
-                    else:
-                        os.environ[k] = v
-            shutil.rmtree(self.tmp, ignore_errors=True)
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     import ray
 
     if ray.is_initialized():  # the session's ray_local: these tests run their own cluster
         ray.shutdown()
-    c = LocalCluster(tmp_path_factory.mktemp("nodes"))
+    c = LocalCluster(tmp_path_factory.mktemp("nodes"), worker_cpus=(1, 1))
     yield c
     c.shutdown()
 
@@ -232,8 +179,7 @@ def test_a_killed_worker_node_loses_no_video(clips, cluster, one_node, tmp_path)
         assert rep["uncommitted"] == 0
         assert_same_outputs(out, one_node)
     finally:
-        cluster.cluster.remove_node(victim, allow_graceful=False)
-        cluster.workers.remove(victim)
+        cluster.remove(victim)
         cluster.add_worker()  # back to two workers for the next tests
 
 
