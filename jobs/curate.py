@@ -289,7 +289,8 @@ def kept_image_frames(cfg: CurateConfig) -> int:
 
 
 def _actor_pool(concurrency: int | tuple[int, int]):
-    """An ActorPoolStrategy of N actors, or autoscaling between (MIN, MAX)."""
+    """An ActorPoolStrategy of N actors, or autoscaling between (MIN, MAX). Ray Data starts
+    a pool at its initial size, MIN unless given: (N, N) starts all N actors at once."""
     import ray.data
 
     if isinstance(concurrency, int):
