@@ -11,6 +11,8 @@ Tables (each ratio against a baseline measured in the same run):
   (a head with no CPUs either way: `ray.cluster_utils.Cluster`, real raylets), on the same
   cores; and the CPU-seconds per video, the per-video fixed overhead (all processes: Ray,
   driver, decode, finalize). Targets: two nodes >= 0.9x one; under 0.1 CPU-s a video.
+- overhead: the per-video fixed cost, marginal (3N clips against N), by process role.
+  Target: under 0.1 CPU-s a video.
 - rss: the driver's peak RSS (VmHWM of the driver process) for N inputs, a listing file
   naming hard links of one small clip; with --rss-process P < N, all but P of them are
   committed first (real commit records), so every run lists and filters N inputs and
@@ -37,7 +39,7 @@ from pathlib import Path
 
 from benchmarks.common import REPO, CpuMeter, LocalCluster, markdown_table
 
-TABLES = ("nodes", "rss", "assembler", "kill")
+TABLES = ("nodes", "overhead", "rss", "assembler", "kill")
 JOB_ARGS = ["--embedder", "features", "--fps", "4", "--k", "3", "--method", "kmeans"]
 CLIP_SECONDS = 2.0
 
@@ -138,6 +140,34 @@ def table_nodes(work: Path, args) -> str:
             "vs one node", "CPU-s / video", "other load (cores)"]
     return (f"{len(clips)} clips of {CLIP_SECONDS:.0f} s, {args.runs} run(s) each, best run\n\n"
             + markdown_table(head, rows))
+
+
+def table_overhead(work: Path, args) -> str:
+    """CPU-seconds per video as the marginal cost: (CPU of a run of 3N clips - CPU of a run
+    of N) / 2N on one 2-CPU node, by role, so that what a run pays once (driver start-up,
+    Ray Data's planning, worker start-up) does not count."""
+    clip = make_clip(work / "ov-clip.mp4")
+    n = max(8, args.clips // 2)
+    cluster = LocalCluster(work / "ov-nodes", worker_cpus=(2,))
+    meters = {}
+    try:
+        for count in (n, 3 * n):
+            linked_clips(work / f"ov-{count}", clip, count)
+            out = work / f"ov-out-{count}"
+            with CpuMeter() as m:
+                rep = finished(driver(str(work / f"ov-{count}"), out, cluster.address), out)
+            assert rep["videos"]["done"] == count, rep
+            meters[count] = m
+    finally:
+        cluster.shutdown()
+    small, big = meters[n], meters[3 * n]
+    roles = sorted(set(small.by_role) | set(big.by_role))
+    rows = [[role, f"{small.by_role.get(role, 0):.1f}", f"{big.by_role.get(role, 0):.1f}",
+             f"{(big.by_role.get(role, 0) - small.by_role.get(role, 0)) / (2 * n):.3f}"] for role in roles]
+    rows.append(["all", f"{small.own_s:.1f}", f"{big.own_s:.1f}", f"{(big.own_s - small.own_s) / (2 * n):.3f}"])
+    head = ["process role", f"CPU-s, {n} clips", f"CPU-s, {3 * n} clips", "CPU-s per video (marginal)"]
+    return (f"2 s clips (160x120, 10 fps), one 2-CPU worker node + head; other load during the runs: "
+            f"{small.other_cores:.1f} / {big.other_cores:.1f} cores\n\n" + markdown_table(head, rows))
 
 
 def _prefill(out: Path, listing: Path, keep: int) -> int:
