@@ -322,6 +322,7 @@ def run(cfg: CurateConfig) -> dict:
         loop.run(parts)
     finally:
         listing = loop.listing_totals()
+        loop.close()
         report = loop.tally.report(
             cfg, spec.name, skipped=listing.get("skipped", 0), wall=time.time() - started,
             listing=listing, assembler=loop.assembler_stats(), interrupted=not loop.completed,
@@ -371,6 +372,13 @@ class RunLoop:
             return self.ray.get(self.pacer.totals.remote(), timeout=30)
         except Exception:  # noqa: BLE001 - a report without listing counts, not no report
             return {}
+
+    def close(self) -> None:
+        """End the pacer actor (a worker process): a process may run several jobs."""
+        try:
+            self.ray.kill(self.pacer)
+        except Exception:  # noqa: BLE001 - already gone with its node or the cluster
+            pass
 
     def assembler_stats(self) -> dict:
         """How full the assembler got, and what it dropped or gave up."""
