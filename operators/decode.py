@@ -250,8 +250,7 @@ class _SequentialReader:
         else:
             self.cursor = _FrameCursor(enumerate(self._counted(self.container.decode(stream))))
         self.size = {} if width < 0 else {"width": width, "height": height}
-        # One reformatter for the whole stream: VideoFrame.reformat builds a new swscale
-        # context for every frame, which cost 0.3 ms a frame here and ~3.5 ms on a Xeon.
+        # one reformatter (one swscale context) for the whole stream, not one per frame
         self.reformatter = av.video.reformatter.VideoReformatter()
         self.encode = encode
         if encode is not None:
@@ -318,7 +317,7 @@ def open_reader(
     scattered frames). When it is no larger than the usual distance between keyframes, a
     seek cannot skip anything and every frame is decoded either way; then PyAV in order is
     cheaper too, as it converts and scales only the frames kept, where decord scales every
-    decoded frame (measured on the six real videos at 1 fps: 2.11 against 2.66 CPU-s).
+    decoded frame (docs/decisions.md, *Decode*).
     `encode` and `image_size` go to the in-order reader; decord's encodes nothing.
 
     `wanted`, every index that will be read, lets the in-order reader skip the frames
