@@ -634,9 +634,7 @@ class SelectService:
         # as the job counts them: the model's inputs, or every frame's features without one
         embedded = sum(len(c.frames) if c.frames is not None else len(c.features) for c in chunks)
         self._frames.inc(embedded, tags={"method": job.method})
-        video = SampledVideo.concat(
-            [(c.frame_index, c.timestamps, c.features, e) for c, e in zip(chunks, embeddings, strict=True)],
-            info.duration_s)
+        video = SampledVideo.concat(chunks, embeddings, info.duration_s, info.fps)
         t = time.perf_counter()
         result = await loop.run_in_executor(self._pool, _select, video, job, query)
         timings["select"] = time.perf_counter() - t
