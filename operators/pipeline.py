@@ -81,6 +81,19 @@ class SampledChunk:
     thumbs: np.ndarray | None = None
 
 
+def shot_detector_for(requested: str) -> str:
+    """The shot detector a run uses: `requested`, with "auto" resolved to "features", which
+    measured at least as accurate as TransNetV2 on every benchmark set at a small share
+    of its cost (benchmarks/RESULTS.md, *Quality*)."""
+    return "features" if requested == "auto" else requested
+
+
+def sampling_for_detector(detector: str) -> dict:
+    """The SamplingOptions fields a shot detector needs: the decoder's per-frame signals for
+    "features" and "transnetv2" (which also needs the thumbnails), none for "sampled"."""
+    return {"shot_signals": detector != "sampled", "keep_thumbs": detector == "transnetv2"}
+
+
 def cascade_candidates(k: int | str) -> int:
     """The fewest frames per video the cascade may cap its model calls at: k distinct
     candidates for a fixed k (fewer would force duplicate picks), the adaptive budget's
@@ -220,6 +233,7 @@ class VideoSelection:
     shot_of: np.ndarray
     clips: list[dict]
     clip_of: list[dict | None]
+    shot_detector: str = "features"
 
     def frames(self) -> list[dict]:
         """One dict per selected frame, in time order: frame_index, timestamp_s, score, rank
@@ -238,18 +252,32 @@ class VideoSelection:
         ]
 
 
-def select_video(video: SampledVideo, options: SelectOptions, query: np.ndarray | None = None) -> VideoSelection:
-    """Shots and selection for one video, the one code path of the job and the service.
-    Shots come from the video's signals over every source frame when it has them, else from
-    its sampled frames. Raises ValueError for a bad method, k or parameter (TypeError for a
-    parameter of the wrong type)."""
+def find_cuts(video: SampledVideo, detector: str = "features") -> np.ndarray:
+    """Source frame index of each shot's first frame (0 first): from the per-frame signals
+    ("features"), TransNetV2's transition probabilities ("transnetv2"), or the sampled
+    frames alone ("sampled", and whenever the video carries no signals)."""
+    sig = video.signals
+    if detector == "transnetv2":
+        if sig is None or sig.probs is None:
+            raise ValueError("shot detector 'transnetv2' needs the TransNetV2 stage's probabilities")
+        from operators.transnet import boundaries
+
+        return np.unique(np.concatenate([[0], sig.frame_index[boundaries(sig.probs)]])).astype(np.int64)
+    if detector != "sampled" and sig is not None and len(sig.frame_index):
+        return detect_cuts(sig, video.fps)
+    starts = detect_shots(video.features, video.timestamps)
+    cuts = video.frame_index[starts] if len(starts) else np.zeros(1, np.int64)
+    cuts[:1] = 0
+    return cuts
+
+
+def select_video(video: SampledVideo, options: SelectOptions, query: np.ndarray | None = None,
+                 shot_detector: str = "features") -> VideoSelection:
+    """Shots (`find_cuts` with `shot_detector`) and selection for one video, the one code
+    path of the job and the service. Raises ValueError for a bad method, k or parameter
+    (TypeError for a parameter of the wrong type)."""
     ts, fi = video.timestamps, video.frame_index
-    if video.signals is not None and len(video.signals.frame_index):
-        cuts = detect_cuts(video.signals, video.fps)
-    else:
-        starts = detect_shots(video.features, ts)
-        cuts = fi[starts] if len(starts) else np.zeros(1, np.int64)
-        cuts[:1] = 0
+    cuts = find_cuts(video, shot_detector)
     shot_ids = np.searchsorted(cuts, fi, side="right") - 1
     frames = VideoFrames(embeddings=video.embeddings, timestamps=ts, shot_ids=shot_ids,
                          features=video.features, query=query)
@@ -258,7 +286,7 @@ def select_video(video: SampledVideo, options: SelectOptions, query: np.ndarray 
     shots = shot_table(video, cuts)
     shot_of = shot_ids[sel.indices]
     clips, clip_of = _clip_windows(video, sel, shots, shot_of)
-    return VideoSelection(video, cuts, sel, shots, shot_of, clips, clip_of)
+    return VideoSelection(video, cuts, sel, shots, shot_of, clips, clip_of, shot_detector)
 
 
 def shot_table(video: SampledVideo, cuts: np.ndarray) -> list[dict]:
