@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # decord must be imported before torch in the same process on some builds (it links its own
 # ffmpeg); importing it here, at the bottom of the stack, keeps that order.
@@ -137,6 +137,9 @@ class VideoInfo:
     duration_s: float
     width: int
     height: int
+    # every frame's presentation time (s, the first at 0) when the frame rate varies; None
+    # when it is constant and frame i is at i / fps (see `variable_frame_times`)
+    frame_times: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -190,15 +193,45 @@ def probe_video(path: str) -> VideoInfo:
         h, w = vr[0].shape[:2]
     except Exception as exc:  # noqa: BLE001
         raise DecodeError(f"first frame cannot be decoded: {one_sentence(str(exc))}") from exc
-    return VideoInfo(num_frames=n, fps=fps, duration_s=n / fps, width=int(w), height=int(h))
+    return VideoInfo(num_frames=n, fps=fps, duration_s=n / fps, width=int(w), height=int(h),
+                     frame_times=variable_frame_times(path, vr))
+
+
+def variable_frame_times(path: str, vr) -> np.ndarray | None:
+    """Every frame's presentation time in seconds (the first at 0), from decord's index, when
+    the video's frame rate varies: in an indexed container with finite, non-decreasing
+    timestamps, more than 5% of the frame intervals off their median by half or more. None
+    otherwise (a constant rate: frame i is at i / fps). Reads the index only (~1 ms)."""
+    if os.path.splitext(path)[1].lower() not in SEEKABLE_CONTAINERS or len(vr) < 3:
+        return None
+    try:
+        times = np.asarray(vr.get_frame_timestamp(list(range(len(vr))))[:, 0], np.float64)
+    except Exception:  # noqa: BLE001 - no usable index: treated as constant
+        return None
+    gaps = np.diff(times)
+    if not (np.all(np.isfinite(times)) and np.all(gaps >= 0)):
+        return None
+    usual = float(np.median(gaps))
+    if usual <= 0 or np.mean((gaps > 1.5 * usual) | (gaps < usual / 1.5)) <= 0.05:
+        return None
+    return times - times[0]
 
 
 def sample_indices(info: VideoInfo, fps: float, max_frames: int | None = None) -> np.ndarray:
     """Indices of the source frames sampled at `fps` frames a second (at most one per source
-    frame), taking the frame nearest each sampling instant. With `max_frames`, the rate is
-    lowered so that no more than that many are taken. Returns int64 (n,)."""
+    frame), taking the frame nearest each sampling instant (by index / fps, or by the frames'
+    own times when the rate varies). With `max_frames`, the rate is lowered so that no more
+    than that many are taken. Returns int64 (n,)."""
     if fps <= 0:
         raise ValueError(f"fps must be > 0, got {fps}")
+    if info.frame_times is not None:  # variable frame rate: the frame nearest each instant
+        times = info.frame_times
+        if max_frames is not None:
+            fps = min(fps, max_frames / max(info.duration_s, 1e-9))
+        instants = np.arange(0.0, times[-1] + 1e-9, 1.0 / fps)
+        after = np.clip(np.searchsorted(times, instants), 1, len(times) - 1)
+        nearer = np.where(instants - times[after - 1] <= times[after] - instants, after - 1, after)
+        return np.unique(nearer.astype(np.int64))
     step = max(1.0, info.fps / fps)
     if max_frames is not None and info.num_frames / step > max_frames:
         step = info.num_frames / max_frames
@@ -544,7 +577,8 @@ def iter_chunks(
             if len(part):
                 frames = np.ascontiguousarray(center_crop(frames, size))
                 # empty unless the in-order reader was asked to encode
-                yield Chunk(part, part.astype(np.float64) / info.fps, frames, tuple(reader.images) or None)
+                times = info.frame_times[part] if info.frame_times is not None else part.astype(np.float64) / info.fps
+                yield Chunk(part, times, frames, tuple(reader.images) or None)
             if len(part) < chunk_frames and start + chunk_frames < len(idx):
                 return  # the stream ended early
     finally:

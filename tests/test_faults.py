@@ -97,6 +97,10 @@ def test_done_fault_cases_write_upright_frames_at_their_size(fault_run):
             img = np.asarray(Image.open(r["image_uri"]).convert("RGB"))
             assert (img.shape[1], img.shape[0]) == case.size, (case.name, img.shape)
             assert _upright(img), (case.name, r["image_uri"])
+    vfr = next(c for c in cases if c.name == "variable frame rate")
+    truth = _true_times(str(vfr.path))
+    for r in (r for r in manifest if r["source_uri"] == str(vfr.path)):
+        assert abs(truth[r["frame_index"]] - r["timestamp_s"]) < 1e-3, r
 
 
 @pytest.mark.integration
@@ -140,9 +144,36 @@ def test_rotated_video_decodes_upright_in_order_and_seeking(tmp_path, rotation):
     assert _upright(read_frames(path, np.array([3]))[0])
 
 
+def _true_times(path: str) -> np.ndarray:
+    """Every frame's presentation time (s, from the first), by a full PyAV decode."""
+    import av
+
+    with av.open(path) as container:
+        times = np.array(sorted(float(f.time) for f in container.decode(video=0)))
+    return times - times[0]
+
+
+def test_variable_frame_rate_is_sampled_in_time_and_stamped_with_its_frames_times(tmp_path):
+    gaps = [40] * 25 + [200] * 10 + [40] * 25  # ms: 25 fps, 5 fps, 25 fps
+    pts = np.concatenate([[0], np.cumsum(gaps[:-1])]).astype(int).tolist()
+    path = str(write_video(tmp_path / "vfr.mp4", scene(len(gaps), 96, 64), fps=25, pts=pts, time_base=1000))
+    info = probe_video(path)
+    chunks = list(iter_chunks(path, 2.0, 32, info=info))
+    idx = np.concatenate([c.frame_index for c in chunks])
+    stamps = np.concatenate([c.timestamps for c in chunks])
+    truth = _true_times(path)
+    assert np.abs(stamps - truth[idx]).max() < 1e-3  # each frame's own time, not index / mean fps
+    # one frame every half second, in time: no sample farther than a frame from its instant
+    instants = np.arange(len(idx)) * 0.5
+    assert len(idx) == 8 and np.abs(stamps - instants).max() <= 0.1 + 1e-6
+    constant = str(write_video(tmp_path / "cfr.mp4", scene(30, 96, 64), fps=10))
+    assert probe_video(constant).frame_times is None
+
+
 def test_corrupt_stretch_is_skipped_and_the_rest_decodes(tmp_path):
-    cases = {c.name: c for c in build_fault_corpus(tmp_path)}
-    path = str(cases["corrupt stretch in the middle"].path)
+    # as the corpus' case: 6 s, a keyframe every 2 s, 6 packets of the second GOP overwritten
+    path = str(write_video(tmp_path / "corrupt.mp4", scene(60, 160, 120, seed=2), options={"g": "20"},
+                           damage=slice(24, 30)))
     reader = _SequentialReader(path, 64, 64, 1)
     try:
         frames = reader.read(np.arange(0, 60, 5))
