@@ -294,17 +294,18 @@ def _actor_pool(concurrency: int | tuple[int, int]):
     return ray.data.ActorPoolStrategy(min_size=concurrency[0], max_size=concurrency[1])
 
 
-def run(cfg: CurateConfig) -> dict:
+def run(cfg: CurateConfig, listed: tuple | None = None) -> dict:
     """Run the curation job for a validated config; returns the run report (also written to
     OUTPUT/report.json). Raises JobError / StorageError / WeightsError before any work when
-    the run cannot start."""
+    the run cannot start. `listed` is `preflight`'s answer when the caller made it already
+    (a test that changes a source between listing and decoding)."""
     from operators.assemble import VideoAssembler
     from operators.chunk_row import ChunkRow
     from operators.finalize import FinalizeSettings, finalize_video
 
     started = time.time()
     storage = Storage(endpoint_url=cfg.s3_endpoint)
-    todo, skipped, spec = preflight(cfg, storage)
+    todo, skipped, spec = listed or preflight(cfg, storage)
     log.info("embedder: %s; %d video(s) to process, %d already done", spec.name, len(todo), skipped)
     settings = FinalizeSettings(
         storage=storage, output=cfg.output, select=select_options(cfg), embedder=spec.name,

@@ -19,7 +19,7 @@ from operators.decode import VideoInfo, read_frames
 from operators.pipeline import SelectOptions, VideoSelection, select_video
 from operators.resources import ClusterShape, Resources
 from operators.source_cache import discard, source_file, take_images
-from operators.storage import Storage, write_bytes_atomic
+from operators.storage import Storage, failure_reason, write_bytes_atomic
 from operators.write import encode_image, frame_uri, write_table
 
 FINALIZE_CPUS = 0.5  # a finalize task is mostly I/O
@@ -95,7 +95,7 @@ def finalize_video(p: VideoPayload, s: FinalizeSettings) -> dict:
         )
     except Exception as exc:  # noqa: BLE001 - recorded, the job goes on
         discard(vid, p.meta["source_uri"])
-        p.error = f"{type(exc).__name__}: {exc}"
+        p.error = failure_reason(exc, p.meta["source_uri"])
         row = _video_row(p, s, "failed")
     write_table(s.storage, s.output, "videos", vid, [row])
     return row
