@@ -155,7 +155,7 @@ def _cut(container, start_s: float, end_s: float, options: ClipOptions, fps: flo
     rate = Fraction(rate)
     first, stop = frame_span(start_s, end_s, float(rate))
     tb = vs.time_base
-    t0 = vs.start_time if vs.start_time is not None else 0
+    t0 = _first_pts(container, vs)
     a_stream = container.streams.audio[0] if options.audio and container.streams.audio else None
     win = _demux(container, vs, a_stream, first, stop, rate, tb, t0)
     if not win.video:
@@ -163,28 +163,73 @@ def _cut(container, start_s: float, end_s: float, options: ClipOptions, fps: flo
     stop = min(stop, max(win.index) + 1) if win.ended else stop
     if stop <= first:
         raise ClipError(f"the clip starts at {start_s:.3f} s, past the video's last frame")
+    try:
+        return _encode(vs, a_stream, win, first, stop, rate, options, start_s, end_s, t0, counting=None)
+    except _Unreliable:
+        # timestamps that cannot say which frame is which (AVI's packed B-frames): count the
+        # frames from the start instead, as the job's in-order reader does
+        container.seek(0, backward=True, any_frame=False, stream=vs)
+        vs.codec_context.flush_buffers()
+        return _encode(vs, a_stream, win, first, stop, rate, options, start_s, end_s, t0,
+                       counting=container.demux(vs))
+
+
+class _Unreliable(Exception):
+    """Decoded frames' timestamps do not index the frames (not increasing one by one)."""
+
+
+def _encode(vs, a_stream, win: _Window, first: int, stop: int, rate: Fraction, options: ClipOptions,
+            start_s: float, end_s: float, t0: int, counting) -> tuple[bytes, ClipRecord]:
+    """Write the clip: copy or re-encode the video (`counting`: the packets from the file's
+    start, frames indexed by count), re-encode the audio. Returns (bytes, record)."""
+    tb = vs.time_base
     buf = io.BytesIO()
     out = av.open(buf, "w", format="mp4")
     try:
         a_out = _audio_stream(out, a_stream) if a_stream is not None and win.audio else None
-        if _copyable(vs, win, first, stop, options):
+        if counting is None and _copyable(vs, win, first, stop, options):
             frames, codec, encoder, mode, out_rate = _copy_video(out, vs, win, first, stop)
         else:
-            frames, codec, encoder, out_rate = _reencode_video(out, vs, win, first, stop, rate, options)
+            packets, ended = (win.video, win.ended) if counting is None else (counting, True)
+            frames, codec, encoder, out_rate = _reencode_video(out, vs, packets, ended, first, stop, rate, t0,
+                                                               options, counted=counting is not None)
             mode = "reencode"
         has_audio = False
         if a_out is not None:
             w0 = t0 * tb + Fraction(first) / rate
-            w1 = t0 * tb + Fraction(stop) / rate
+            w1 = t0 * tb + Fraction(first + frames * rate / out_rate) / rate
             has_audio = _reencode_audio(out, a_out, a_stream, win.audio, float(w0), float(w1))
     finally:
         out.close()
     data = buf.getvalue()
+    expected = _out_count(stop - first, rate, out_rate)
+    end = end_s if frames >= expected else min(end_s, float((first + frames * rate / out_rate) / rate))
     record = ClipRecord(
-        start_s=float(start_s), end_s=float(min(end_s, stop / rate)), start_frame=first, frames=frames,
-        fps=float(out_rate), mode=mode, codec=codec, encoder=encoder, audio=has_audio, bytes=len(data),
+        start_s=float(start_s), end_s=float(end), start_frame=first, frames=frames, fps=float(out_rate),
+        mode=mode, codec=codec, encoder=encoder, audio=has_audio, bytes=len(data),
     )
     return data, record
+
+
+def _out_count(n_src: int, rate: Fraction, out_rate: Fraction) -> int:
+    """Frames a clip of `n_src` source frames has at `out_rate`."""
+    return n_src if out_rate == rate else max(1, math.ceil(n_src * out_rate / rate - EPS_FRAMES))
+
+
+def _first_pts(container, vs) -> int:
+    """The timestamp of the video's first decoded frame: frame 0 of the clip clock (a
+    stream's start_time may name an earlier packet, e.g. AVI's packed B-frames)."""
+    fallback = vs.start_time if vs.start_time is not None else 0
+    container.seek(0, backward=True, any_frame=False, stream=vs)
+    try:
+        for packet in container.demux(vs):
+            for frame in packet.decode():
+                if frame.pts is not None:
+                    return int(frame.pts)
+                return fallback
+    finally:
+        vs.codec_context.flush_buffers()
+    return fallback
 
 
 def _index(pts: int | None, tb: Fraction, t0: int, rate: Fraction) -> int | None:
@@ -280,14 +325,18 @@ def _geometry(width: int, height: int, options: ClipOptions) -> tuple[int, int]:
     return max(2, w - w % 2), max(2, h - h % 2)
 
 
-def _reencode_video(out, vs, win: _Window, first: int, stop: int, rate: Fraction, options: ClipOptions):
-    """Decode from the keyframe, keep frames [first, stop) (resampled to options.fps), encode."""
+def _reencode_video(out, vs, packets, ended: bool, first: int, stop: int, rate: Fraction, t0: int,
+                    options: ClipOptions, counted: bool):
+    """Decode `packets` (from a keyframe at or before the start), keep frames [first, stop)
+    (resampled to options.fps) and encode them with H.264. Frames are indexed by their
+    timestamps, or by count with `counted` (the packets then start at the file's start).
+    Raises _Unreliable when timestamps do not index the frames, ClipError when frames of the
+    window cannot be decoded."""
     encoder = h264_encoder()
     out_rate = rate
     if options.fps and options.fps < float(rate):
         out_rate = Fraction(options.fps).limit_denominator(1001)
-    n_src = stop - first
-    n_out = n_src if out_rate == rate else max(1, math.ceil(n_src * out_rate / rate - EPS_FRAMES))
+    n_out = _out_count(stop - first, rate, out_rate)
     wanted = [first + int(math.floor(j * float(rate / out_rate) + EPS_FRAMES)) for j in range(n_out)]
     w, h = _geometry(vs.codec_context.width, vs.codec_context.height, options)
     o = out.add_stream(encoder, rate=out_rate)
@@ -298,26 +347,41 @@ def _reencode_video(out, vs, win: _Window, first: int, stop: int, rate: Fraction
     else:
         o.bit_rate = int(w * h * float(out_rate) * 0.2)
     decoder = vs.codec_context
-    tb, t0 = vs.time_base, vs.start_time if vs.start_time is not None else 0
-    frames = {}
+    tb = vs.time_base
+    frames: dict = {}
     need = set(wanted)
-    written = 0
+    state = {"written": 0, "last": None}
 
     def take(frame) -> None:
-        i = _index(frame.pts, tb, t0, rate)
+        if counted:
+            i = 0 if state["last"] is None else state["last"] + 1
+        else:
+            i = _index(frame.pts, tb, t0, rate)
+            if i is None or (state["last"] is not None and i != state["last"] + 1):
+                raise _Unreliable()
+        state["last"] = i
         if i in need and i not in frames:
             frames[i] = _fit(frame, w, h, options.height is None)
 
-    for packet in win.video:
+    def emit() -> None:
+        while state["written"] < n_out and wanted[state["written"]] in frames:
+            j = state["written"]
+            state["written"] = _encode_one(out, o, frames.pop(wanted[j]), j, wanted, frames)
+
+    for packet in packets:
+        if counted and packet.size == 0 and packet.pts is None:
+            continue
         for frame in decoder.decode(packet):
             take(frame)
-        while written < n_out and wanted[written] in frames:
-            written = _encode_one(out, o, frames.pop(wanted[written]), written, wanted, frames)
-    for frame in decoder.decode(None):
-        take(frame)
-    while written < n_out and wanted[written] in frames:
-        written = _encode_one(out, o, frames.pop(wanted[written]), written, wanted, frames)
-    if written < n_out and not win.ended:
+        emit()
+        if state["written"] == n_out:
+            break
+    if state["written"] < n_out:
+        for frame in decoder.decode(None):
+            take(frame)
+        emit()
+    written = state["written"]
+    if written < n_out and not ended:
         raise ClipError(f"frames {wanted[written]}..{stop - 1} of the clip cannot be decoded (a corrupt "
                         "stretch of the source)")
     if written == 0:
@@ -397,3 +461,64 @@ def _push(fifo, frame, t: float, w0: float, w1: float, rate: int, layout: str) -
     piece.sample_rate = rate
     piece.pts = None
     fifo.write(piece)
+
+
+@dataclass(frozen=True)
+class ClipSettings:
+    """Which clips a run cuts: `mode` "selected" (the windows of the selected frames: the
+    method's clips, else the piece of the frame's shot, at most `max_s` long) or "shots"
+    (every shot of at least `min_s`, long ones split into `max_s` pieces), and how."""
+
+    mode: str = "selected"
+    min_s: float = 2.0
+    max_s: float | None = 10.0
+    options: ClipOptions = ClipOptions()
+
+
+CLIP_MODES = ("selected", "shots")
+
+
+def selection_windows(shots: list[dict], frames: list[dict], max_s: float | None,
+                      step_s: float) -> tuple[list[tuple[int, float, float]], list[int | None]]:
+    """The clip windows of a selection and, per selected frame, the index of its window.
+
+    `frames` are `VideoSelection.frames()` dicts (timestamp_s, shot_index, clip). A method's
+    clip [first, last sampled frame] becomes [first, last + `step_s`), both ends clamped to
+    the shot holding its first frame; a frame without a method clip gets the `max_s` piece of
+    its shot that holds it (pieces from the shot's start, as `clip_windows` cuts them); a
+    frame of a clip method outside every clip gets none. Windows are distinct, in time order.
+    """
+    by_index = {int(s["shot_index"]): s for s in shots}
+    keyed: dict[tuple[float, float], tuple[int, float, float]] = {}
+    of: list[tuple[float, float] | None] = []
+    for f in frames:
+        shot = by_index.get(int(f["shot_index"]))
+        clip = f.get("clip")
+        if shot is None or clip is None:
+            of.append(None)
+            continue
+        a, b = float(shot["start_s"]), float(shot["end_s"])
+        if clip.get("source") == "method":
+            start = max(a, float(clip["start_s"]))
+            end = min(b, float(clip["end_s"]) + step_s)
+        else:
+            length = max_s if max_s and max_s > 0 else b - a
+            k = int(max(0.0, float(f["timestamp_s"]) - a) // length)
+            start, end = a + k * length, min(b, a + (k + 1) * length)
+        if end <= start:
+            of.append(None)
+            continue
+        key = (round(start, 6), round(end, 6))
+        keyed.setdefault(key, (int(shot["shot_index"]), start, end))
+        of.append(key)
+    order = sorted(keyed)
+    pos = {k: i for i, k in enumerate(order)}
+    return [keyed[k] for k in order], [None if k is None else pos[k] for k in of]
+
+
+def window_of(windows: list[tuple[int, float, float]], shot_index: int, t: float) -> int | None:
+    """The index of the window of shot `shot_index` that holds time `t`, or None."""
+    for i, (s, a, b) in enumerate(windows):
+        if s == shot_index and a - 1e-9 <= t < b:
+            return i
+    return None
