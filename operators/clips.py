@@ -5,9 +5,9 @@
     cut_clip         one window [start_s, end_s) of a video -> mp4 bytes + its ClipRecord
 
 Times are on the job's clock: source frame i is shown over [i / fps, (i + 1) / fps) from the
-video stream's first frame, so a clip [start_s, end_s) holds the frames i with
-floor(start_s * fps) <= i < ceil(end_s * fps), and its first frame is the one shown at
-start_s. When that frame is a keyframe of an mp4-compatible stream, no transcode is asked and
+video stream's first frame. A clip [start_s, end_s) starts on the frame shown at start_s
+(floor(start_s * fps)) and holds round((end_s - start_s) * fps) frames, so it lasts its
+window within half a frame. When that frame is a keyframe of an mp4-compatible stream, no transcode is asked and
 no frame after the cut is reordered before it, the packets are copied as they are ("copy");
 otherwise the frames are decoded from the keyframe before and re-encoded with H.264
 ("reencode"). Audio, when kept, is re-encoded to AAC and trimmed to the same window.
@@ -102,10 +102,11 @@ def clip_windows(shots: list[dict], min_s: float, max_s: float | None) -> list[t
 
 
 def frame_span(start_s: float, end_s: float, fps: float) -> tuple[int, int]:
-    """The source frames [first, stop) a window holds on the clip clock (see the module)."""
-    first = int(math.floor(start_s * fps + EPS_FRAMES))
-    stop = int(math.ceil(end_s * fps - EPS_FRAMES))
-    return max(0, first), max(first + 1, stop)
+    """The source frames [first, stop) a window holds on the clip clock: from the frame shown
+    at start_s, as many frames as the window lasts (rounded, at least one), so a clip's length
+    is its window's within half a frame."""
+    first = max(0, int(math.floor(start_s * fps + EPS_FRAMES)))
+    return first, first + max(1, int(round((end_s - start_s) * fps)))
 
 
 def cut_clip(path: str, start_s: float, end_s: float, options: ClipOptions | None = None,
