@@ -169,6 +169,7 @@ class ShardPlanner:
                 numbers.append(int(record["shard"]))
                 self.rolled.update(record["videos"])
         self.next_number = max(numbers) + 1
+        self.taken: set[str] = set()  # put in a shard by this run
         self.pending: list[str] = []
         self.pending_bytes = 0
 
@@ -185,13 +186,13 @@ class ShardPlanner:
             if vid in self.rolled:
                 fs, path = self.storage.fs_for(piece_uri(self.output, vid))
                 fs.rm_file(path)
-            elif vid in committed_done:
+            elif vid in committed_done and vid not in self.taken:
                 batches += self.add(vid, int(entry.get("size") or 0))
         return batches
 
     def add(self, video_id: str, piece_bytes: int) -> list[tuple[int, list[str]]]:
         """A committed video's piece; returns [(shard number, video ids)] when it fills one."""
-        if video_id in self.rolled or video_id in self.pending:
+        if video_id in self.rolled or video_id in self.taken or video_id in self.pending:
             return []
         self.pending.append(video_id)
         self.pending_bytes += piece_bytes
@@ -205,7 +206,7 @@ class ShardPlanner:
 
     def _take(self) -> tuple[int, list[str]]:
         batch = (self.next_number, self.pending)
-        self.rolled.update(self.pending)
+        self.taken.update(self.pending)
         self.next_number += 1
         self.pending, self.pending_bytes = [], 0
         return batch
@@ -247,18 +248,23 @@ class ShardRoller:
     def finish(self, done_ids) -> dict:
         """Roll what is left; `done_ids()` gives the videos committed done (asked only when an
         earlier run left pieces)."""
+        self._wait()  # this run's rolls first: their pieces are not leftovers
         leftovers = [e for e in _ls(self.storage, join(self.output, WORK, "pieces"))
-                     if _name(e).endswith(PIECE_EXT) and _name(e)[: -len(PIECE_EXT)] not in self.planner.pending]
+                     if _name(e).endswith(PIECE_EXT) and _name(e)[: -len(PIECE_EXT)] not in self.planner.taken]
         if leftovers:
             self._launch(self.planner.resume(set(done_ids())))
         self._launch(self.planner.flush())
+        self._wait()
+        return {"shards": shard_count(self.storage, self.output), "rolled": len(self._done), "errors": self.errors}
+
+    def _wait(self) -> None:
         for fut in self._futures:
             try:
                 self._done.append(self._ray.get(fut))
             except Exception as exc:  # noqa: BLE001 - recorded; the pieces stay for the next run
-                self.errors.append(f"{type(exc).__name__}: {exc}")
+                cause = getattr(exc, "cause", None) or exc  # a RayTaskError's own exception
+                self.errors.append(f"{type(cause).__name__}: {cause}")
         self._futures = []
-        return {"shards": shard_count(self.storage, self.output), "rolled": len(self._done), "errors": self.errors}
 
     def _launch(self, batches: list[tuple[int, list[str]]]) -> None:
         for number, vids in batches:
