@@ -162,7 +162,7 @@ def plan_stages(shape: ClusterShape, cfg: CurateConfig, with_model: bool = True)
         shape=shape, decode=decode, embed=embed,
         embed_concurrency=EmbedStage.concurrency(shape, cfg.embed_concurrency) if with_model else None,
         embed_threads=EmbedStage.threads(shape) if with_model else None,
-        finalize=finalize_resources(shape, decode, embed),
+        finalize=finalize_resources(shape, decode, embed, clips=cfg.clips),
     )
 
 

@@ -42,13 +42,15 @@ class ClipError(RuntimeError):
 class ClipOptions:
     """How clips are written: `height` re-encodes to HEIGHTp (width keeps the aspect, even),
     `fps` re-encodes at that frame rate (never above the source's), `audio` False drops the
-    sound; `crf` / `preset` tune libx264 (openh264 gets a bit rate instead)."""
+    sound; `crf` / `preset` tune libx264 (openh264 gets a bit rate instead); `threads` is the
+    encoder's and decoder's thread count (1: one core, what a finalize task asks Ray for)."""
 
     height: int | None = None
     fps: float | None = None
     audio: bool = True
     crf: int = 18
     preset: str = "veryfast"
+    threads: int = 1
 
 
 @dataclass(frozen=True)
@@ -342,6 +344,7 @@ def _reencode_video(out, vs, packets, ended: bool, first: int, stop: int, rate: 
     w, h = _geometry(vs.codec_context.width, vs.codec_context.height, options)
     o = out.add_stream(encoder, rate=out_rate)
     o.width, o.height, o.pix_fmt = w, h, "yuv420p"
+    o.codec_context.thread_count = max(1, int(options.threads))
     o.time_base = Fraction(1) / out_rate
     if encoder == "libx264":
         o.options = {"crf": str(options.crf), "preset": options.preset}

@@ -28,15 +28,19 @@ from operators.storage import Storage, write_bytes_atomic
 from operators.write import IMAGE_EXT, clip_uri, encode_image, frame_uri, write_table
 
 FINALIZE_CPUS = 0.5  # a finalize task is mostly I/O
+FINALIZE_CLIP_CPUS = 1.0  # ... unless it cuts clips: re-encoding is one encoder thread's work
 
 
-def finalize_resources(shape: ClusterShape, decode: Resources, embed: Resources | None) -> Resources:
+def finalize_resources(shape: ClusterShape, decode: Resources, embed: Resources | None,
+                       clips: bool = False) -> Resources:
     """One finalize task's request: half a CPU (it is mostly I/O, so it runs beside the
-    streaming pipeline instead of queueing behind it), and never more than what is left
-    beside a CPU embedding actor and one decode task, or it could not be placed."""
+    streaming pipeline instead of queueing behind it), one when it cuts clips (`clips`: a
+    re-encode keeps one core busy), and never more than what is left beside a CPU embedding
+    actor and one decode task, or it could not be placed."""
+    want = FINALIZE_CLIP_CPUS if clips else FINALIZE_CPUS
     if embed is None or shape.embed_on_gpu:
-        return Resources(cpus=FINALIZE_CPUS)
-    return Resources(cpus=min(FINALIZE_CPUS, shape.node_cpus - embed.cpus - decode.cpus))
+        return Resources(cpus=want)
+    return Resources(cpus=min(want, shape.node_cpus - embed.cpus - decode.cpus))
 
 
 @dataclass(frozen=True)
