@@ -150,6 +150,8 @@ def _write_outputs(p: VideoPayload, s: FinalizeSettings, result: VideoSelection)
     samples += [(shards.sample_key(vid, "clip", r["clip_start_s"], r["clip_end_s"]),
                  {"mp4": data, "json": shards.json_bytes(r)})
                 for r, data in zip(clip_rows, clip_data, strict=True) if data is not None]
+    if not samples:
+        return 0  # nothing to shard (no frame kept, no clip cut)
     return shards.write_piece(s.storage, s.output, vid, shards.video_piece(samples))
 
 
