@@ -16,8 +16,11 @@ are tar members, so this is a byte copy), written atomically (a temporary name r
 place; one PUT or multipart upload on object storage), then its index, then the pieces are
 deleted. A shard is counted only once its index exists; a crash before that leaves the
 pieces, which the next run rolls into a shard of the same number (overwriting any orphan).
-This follows video2dataset's per-worker shards and webdataset's ShardWriter (roll by size)
-while keeping framesift's per-video commit and exact resume.
+video2dataset writes one tar per input shard straight to its final name and marks it done
+with a `<shard>_stats.json` that resume looks for (a crash leaves a half-written tar there
+until it is redone); webdataset's ShardWriter rolls to a new tar at maxsize / maxcount. Here
+the unit of work is a video, so shards are rolled by size from committed videos' pieces, the
+index plays the role of the stats file, and no tar is visible before it is whole.
 """
 
 from __future__ import annotations
