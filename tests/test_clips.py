@@ -407,3 +407,20 @@ def test_pieces_and_shards_on_s3(s3_endpoint, s3fs_client, tmp_path):
     s3fs_client.get_file("wds-bucket/curated/shards/shard-000000.tar", str(local))
     keys = [s["__key__"] for s in wds.WebDataset([str(local)], shardshuffle=False, empty_check=False)]
     assert keys == [f"v{v}_c000001000-000002500" for v in range(3)]
+
+
+def test_clip_and_shard_options_are_checked():
+    from jobs.config import ConfigError
+    from jobs.curate import clip_settings, config_from_args
+
+    cfg = config_from_args(["in", "out", "--clips", "--clip-transcode", "720p", "--clip-fps", "8", "--no-audio",
+                            "--clip-mode", "shots", "--format", "webdataset", "--shard-size-mb", "64"])
+    settings = clip_settings(cfg)
+    assert settings.mode == "shots" and settings.options == ClipOptions(height=720, fps=8.0, audio=False)
+    assert cfg.format == "webdataset" and cfg.shard_size_mb == 64.0
+    assert clip_settings(config_from_args(["in", "out"])) is None
+    for bad, word in ((["--clip-mode", "scenes"], "clip-mode"), (["--format", "tfrecord"], "format"),
+                      (["--clip-transcode", "wide"], "HEIGHTp"), (["--clip-min-s", "5", "--clip-max-s", "2"], "min"),
+                      (["--shard-size-mb", "0"], "shard-size-mb")):
+        with pytest.raises(ConfigError, match=word):
+            config_from_args(["in", "out", *bad])
