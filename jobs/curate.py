@@ -25,6 +25,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -36,6 +37,9 @@ from operators.resources import ClusterShape, Resources, cluster_shape
 from operators.sources import VIDEO_EXTENSIONS, committed_video_ids, list_inputs
 from operators.storage import Storage, StorageError, check_writable
 from operators.write import encode_image, read_table, write_report
+
+if TYPE_CHECKING:
+    from operators.clips import ClipSettings
 
 log = logging.getLogger("framesift")
 
@@ -358,7 +362,7 @@ def done_video_ids(storage: Storage, output: str) -> set[str]:
     return {r["video_id"] for r in read_table(storage, output, "videos").to_pylist() if r["status"] == "done"}
 
 
-def clip_settings(cfg: CurateConfig):
+def clip_settings(cfg: CurateConfig) -> ClipSettings | None:
     """The run's ClipSettings (--clips and its options), or None without --clips."""
     if not cfg.clips:
         return None
