@@ -115,6 +115,11 @@ class CurateConfig:
     max_inflight_videos: int = field(
         default=8, metadata={"help": "videos being selected + written at once"}
     )
+    compact_every: int = field(
+        default=1000,
+        metadata={"help": "gather the tables' per-video files into shards every N committed "
+                  "videos and at the end of the run (0 = never; framesift-compact OUTPUT later)"},
+    )
 
     def validate(self) -> CurateConfig:
         """Check every value; returns self, raises ConfigError naming the bad one."""
@@ -141,6 +146,8 @@ class CurateConfig:
             raise ConfigError("--chunk-frames, --embed-batch-size, --max-inflight-videos must be >= 1")
         if not 0.0 < self.cascade_ratio <= 1.0:
             raise ConfigError("--cascade-ratio must be in (0, 1]")
+        if self.compact_every < 0:
+            raise ConfigError(f"--compact-every must be >= 0, got {self.compact_every}")
         if self.limit is not None and self.limit < 1:
             raise ConfigError("--limit must be >= 1")
         if self.dedup_threshold is not None and not -1.0 <= self.dedup_threshold <= 1.0:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from jobs.compact import RunCompactor
 from jobs.config import ConfigError, CurateConfig
 from operators.finalize import finalize_resources
 from operators.pipeline import SamplingOptions, SelectOptions, cascade_candidates, query_vector
@@ -311,6 +312,7 @@ def run(cfg: CurateConfig) -> dict:
         finalize = ray.remote(max_retries=2, **plan.finalize.ray_options())(finalize_video)
         settings_ref = ray.put(settings)
         assembler = VideoAssembler()
+        compactor = RunCompactor(ray, storage, cfg.output, cfg.compact_every, plan.finalize.ray_options())
         inflight: list = []
         last_log = time.time()
 
@@ -321,6 +323,7 @@ def run(cfg: CurateConfig) -> dict:
                 inflight[:] = rest
                 row = ray.get(ready[0])
                 rows.append(row)
+                compactor.committed(row["video_id"])
                 log.debug("%s %s %s", row["status"], row["video_id"], row["source_uri"])
                 if time.time() - last_log > 10 or len(rows) == len(todo):
                     log.info("videos finished: %d / %d", len(rows), len(todo))
@@ -333,11 +336,31 @@ def run(cfg: CurateConfig) -> dict:
                 inflight.append(finalize.options(**_finalize_placement(payload)).remote(payload, settings_ref))
                 drain(cfg.max_inflight_videos)
         drain(0)
+        compactor.wait()
         if assembler.pending:
             log.error("%d video(s) never received all their chunks", assembler.pending)
     report = make_report(cfg, spec.name, rows, skipped, time.time() - started)
-    write_report(storage, cfg.output, report)
+    finish_output(storage, cfg, report)
     return report
+
+
+def finish_output(storage: Storage, cfg: CurateConfig, report: dict) -> None:
+    """The end of a run: compact the tables (unless --compact-every 0), write report.json
+    and report.html. Everything is committed already, so a failure here is logged, not
+    raised: `framesift-compact OUTPUT` / `python -m jobs.report OUTPUT` redo either part."""
+    from operators.compact import compact_output
+    from operators.report import write_html_report
+
+    if cfg.compact_every:
+        try:
+            report["compaction"] = compact_output(storage, cfg.output)
+        except Exception as exc:  # noqa: BLE001 - the data is committed; compaction can be redone
+            log.error("compacting %s failed (run framesift-compact on it): %s", cfg.output, exc)
+    write_report(storage, cfg.output, report)
+    try:
+        write_html_report(storage, cfg.output)
+    except Exception as exc:  # noqa: BLE001 - the data is committed; the report can be redone
+        log.error("writing report.html failed (run python -m jobs.report on OUTPUT): %s", exc)
 
 
 def _finalize_placement(payload) -> dict:
