@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -59,8 +60,10 @@ def rows_of(out: Path | str, table: str, storage: Storage | None = None) -> list
 
 
 def _canon(t: pa.Table) -> list[tuple]:
+    """Rows as sortable tuples; image URIs from frames/ on (the same in any copy of OUTPUT)."""
     keep = [c for c in t.column_names if c not in VOLATILE]
-    return sorted(tuple(json.dumps(v, default=str) for v in r.values()) for r in t.select(keep).to_pylist())
+    return sorted(tuple(re.sub(r'^"[^"]*/frames/', '"frames/', json.dumps(v, default=str)) for v in r.values())
+                  for r in t.select(keep).to_pylist())
 
 
 def plain_rows(out: Path, table: str) -> list[tuple]:
@@ -263,10 +266,12 @@ def test_manifest_loads_with_ray_data(compacted, ray_local):
     import ray.data
 
     n, emb = _expected(compacted)
-    ds = ray.data.read_parquet(str(compacted / "manifest"))
-    batch = ds.sort("image_uri").take_batch(n, batch_format="numpy")
-    assert batch["embedding"].shape == (n, FEATURE_DIM)
-    assert np.array_equal(batch["embedding"], emb)
+    batch = ray.data.read_parquet(str(compacted / "manifest")).take_batch(n + 1, batch_format="numpy")
+    order = np.argsort(batch["image_uri"])
+    # Ray Data gives a fixed-size list column as one float32 array per row
+    rows = batch["embedding"][order]
+    assert len(rows) == n and all(r.dtype == np.float32 and r.shape == (FEATURE_DIM,) for r in rows)
+    assert np.array_equal(np.stack(rows), emb)
 
 
 def test_manifest_loads_with_hf_datasets(compacted, tmp_path, monkeypatch):
@@ -278,6 +283,7 @@ def test_manifest_loads_with_hf_datasets(compacted, tmp_path, monkeypatch):
     ds = datasets.load_dataset("parquet", data_files=str(compacted / "manifest" / "*.parquet"),
                                split="train", cache_dir=str(tmp_path / "hf"))
     assert ds.num_rows == n
-    ds = ds.sort("image_uri").with_format("numpy")
-    assert ds["embedding"].shape == (n, FEATURE_DIM)
-    assert np.array_equal(ds["embedding"], emb)
+    assert ds.features["embedding"].length == FEATURE_DIM
+    rows = ds.sort("image_uri").with_format("numpy")[:]
+    assert rows["embedding"].shape == (n, FEATURE_DIM) and rows["embedding"].dtype == np.float32
+    assert np.array_equal(rows["embedding"], emb)

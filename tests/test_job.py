@@ -17,10 +17,10 @@ from PIL import Image
 
 from jobs import curate
 from jobs.config import ConfigError, CurateConfig
+from operators.features import FEATURE_DIM
 from operators.finalize import FINALIZE_CPUS
 from operators.resources import ClusterShape, largest_node_cpus
 from operators.storage import Storage
-from operators.features import FEATURE_DIM
 from operators.write import TABLES, read_table, schema_of
 from tests.conftest import ROOT
 from tests.synthetic import make_shots_video
