@@ -315,7 +315,7 @@ _SCRIPT = """
     v.shots.forEach(function(s){var l=el("line",{x1:x(s),x2:x(s),y1:TOP,y2:BOT,stroke:"#d33","stroke-width":1.5,
       "stroke-dasharray":"4 3","vector-effect":"non-scaling-stroke"},svg); el("title",{},l).textContent="shot boundary "+s.toFixed(2)+" s";});
     var figs=svg.parentNode.querySelectorAll(".sheet figure");
-    v.frames.forEach(function(f,j){var m=el("rect",{x:x(f.t)-3,y:2,width:6,height:11,fill:"#1a7f37"},svg);
+    v.frames.forEach(function(f,j){var m=el("rect",{x:Math.max(0,Math.min(W-6,x(f.t)-3)),y:2,width:6,height:11,fill:"#1a7f37"},svg);
       el("line",{x1:x(f.t),x2:x(f.t),y1:TOP,y2:BOT,stroke:"#1a7f37","stroke-width":1,"stroke-opacity":0.5,
         "vector-effect":"non-scaling-stroke"},svg);
       el("title",{},m).textContent="selected: "+f.t.toFixed(2)+" s, rank "+f.rank+", shot "+f.shot;

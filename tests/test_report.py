@@ -4,6 +4,7 @@ their reasons, dedup drops, and pagination for larger runs."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -40,7 +41,8 @@ PAGE_FACTS = """
       error: (s.querySelector(".error") || {}).textContent || null})),
     images: imgs.length, loaded: imgs.filter(i => i.naturalWidth > 0).length,
     failed: [...document.querySelectorAll("#failed + table td:first-child")].map(td => td.textContent),
-    dedup: (document.querySelector("#dedup") || {}).textContent,
+    dedup: (h => h ? h.textContent + " | " + (h.nextElementSibling || {}).textContent : null)(
+      document.querySelector("#dedup")),
     pages: [...document.querySelectorAll("ol.pages a")].map(a => a.getAttribute("href")),
   };
 })()
@@ -61,22 +63,24 @@ def small_run(tmp_path_factory, ray_local) -> Path:
     return out
 
 
-def _check_page(browser: Browser, page: Path, shots_png: Path | None = None) -> dict:
+def _check_page(browser: Browser, page: Path, name: str | None = None) -> dict:
+    """Open a page; no console error, every image loaded; a screenshot `name`.png into
+    $FRAMESIFT_SCREENSHOTS when that is set (to look at)."""
     browser.open(page.as_uri())
     facts = browser.evaluate(PAGE_FACTS)
     assert browser.errors() == []
     assert facts["images"] == facts["loaded"], facts
-    if shots_png:
-        browser.screenshot(shots_png)
+    if name and os.environ.get("FRAMESIFT_SCREENSHOTS"):
+        browser.screenshot(Path(os.environ["FRAMESIFT_SCREENSHOTS"]) / f"{name}.png")
     return facts
 
 
-def test_report_shows_every_video_with_timeline_and_frames(small_run, tmp_path):
+def test_report_shows_every_video_with_timeline_and_frames(small_run):
     videos = read_table(Storage(), str(small_run), "videos").to_pylist()
     manifest = read_table(Storage(), str(small_run), "manifest").to_pylist()
     shots = read_table(Storage(), str(small_run), "shots").to_pylist()
     with Browser() as browser:
-        facts = _check_page(browser, small_run / "report.html", Path(tmp_path / "report.png"))
+        facts = _check_page(browser, small_run / "report.html", "report")
     shown = {v["name"]: v for v in facts["videos"]}
     assert set(shown) == {Path(v["source_uri"]).name for v in videos}  # every video of the run
     assert facts["images"] == len(manifest) > 0
@@ -104,12 +108,12 @@ def test_rebuilt_report_with_dedup_drops_and_pages(small_run, tmp_path):
     assert report_cli.main([str(out), "--page-videos", "2"]) == 0
     n_videos = len(read_table(Storage(), str(out), "videos"))
     with Browser() as browser:
-        index = _check_page(browser, out / "report.html")
+        index = _check_page(browser, out / "report.html", "index")
         assert index["videos"] == [] and len(index["pages"]) == -(-n_videos // 2)
         assert "(2)" in index["dedup"] and "0.9910" in browser.evaluate("document.body.textContent")
         seen = []
         for i, href in enumerate(index["pages"]):
-            page = _check_page(browser, out / href, tmp_path / f"page{i}.png" if i == 0 else None)
+            page = _check_page(browser, out / href, "page1" if i == 0 else None)
             assert 1 <= len(page["videos"]) <= 2
             seen += [v["name"] for v in page["videos"]]
     assert len(seen) == len(set(seen)) == n_videos
