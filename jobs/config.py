@@ -156,6 +156,11 @@ class CurateConfig:
     shard_size_mb: float = field(
         default=512.0, metadata={"help": "--format webdataset: shards roll over at about this many MB"}
     )
+    compact_every: int = field(
+        default=1000,
+        metadata={"help": "gather the tables' per-video files into shards every N committed "
+                  "videos and at the end of the run (0 = never; framesift-compact OUTPUT later)"},
+    )
 
     def validate(self) -> CurateConfig:
         """Check every value; returns self, raises ConfigError naming the bad one."""
@@ -185,6 +190,8 @@ class CurateConfig:
             raise ConfigError("--chunk-frames, --embed-batch-size, --max-inflight-videos must be >= 1")
         if not 0.0 < self.cascade_ratio <= 1.0:
             raise ConfigError("--cascade-ratio must be in (0, 1]")
+        if self.compact_every < 0:
+            raise ConfigError(f"--compact-every must be >= 0, got {self.compact_every}")
         if self.limit is not None and self.limit < 1:
             raise ConfigError("--limit must be >= 1")
         if self.dedup_threshold is not None and not -1.0 <= self.dedup_threshold <= 1.0:

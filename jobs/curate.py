@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from jobs.compact import RunCompactor
 from jobs.config import ConfigError, CurateConfig
 from operators.finalize import finalize_resources
 from operators.pipeline import (
@@ -333,6 +334,7 @@ def run(cfg: CurateConfig, listed: tuple | None = None) -> dict:
         if roller is not None:
             roller.bind(ray, **plan.finalize.ray_options())
         assembler = VideoAssembler()
+        compactor = RunCompactor(ray, storage, cfg.output, cfg.compact_every, plan.finalize.ray_options())
         inflight: list = []
         last_log = time.time()
 
@@ -345,6 +347,7 @@ def run(cfg: CurateConfig, listed: tuple | None = None) -> dict:
                 rows.append(row)
                 if roller is not None:
                     roller.committed(row)
+                compactor.committed(row["video_id"])
                 log.debug("%s %s %s", row["status"], row["video_id"], row["source_uri"])
                 if time.time() - last_log > 10 or len(rows) == len(todo):
                     log.info("videos finished: %d / %d", len(rows), len(todo))
@@ -357,13 +360,14 @@ def run(cfg: CurateConfig, listed: tuple | None = None) -> dict:
                 inflight.append(finalize.options(**_finalize_placement(payload)).remote(payload, settings_ref))
                 drain(cfg.max_inflight_videos)
         drain(0)
+        compactor.wait()
         if assembler.pending:
             log.error("%d video(s) never received all their chunks", assembler.pending)
     shards = roller.finish(lambda: done_video_ids(storage, cfg.output)) if roller is not None else None
     report = make_report(cfg, spec.name, rows, skipped, time.time() - started)
     if shards is not None:
         report["shards"] = shards
-    write_report(storage, cfg.output, report)
+    finish_output(storage, cfg, report)
     return report
 
 
@@ -384,6 +388,25 @@ def clip_settings(cfg: CurateConfig) -> ClipSettings | None:
         raise ConfigError(f"--clips: {exc}") from exc
     options = ClipOptions(height=cfg.clip_transcode_height(), fps=cfg.clip_fps, audio=not cfg.no_audio)
     return ClipSettings(mode=cfg.clip_mode, min_s=cfg.clip_min_s, max_s=cfg.clip_max_s, options=options)
+
+
+def finish_output(storage: Storage, cfg: CurateConfig, report: dict) -> None:
+    """The end of a run: compact the tables (unless --compact-every 0), write report.json
+    and report.html. Everything is committed already, so a failure here is logged, not
+    raised: `framesift-compact OUTPUT` / `python -m jobs.report OUTPUT` redo either part."""
+    from operators.compact import compact_output
+    from operators.report import write_html_report
+
+    if cfg.compact_every:
+        try:
+            report["compaction"] = compact_output(storage, cfg.output)
+        except Exception as exc:  # noqa: BLE001 - the data is committed; compaction can be redone
+            log.error("compacting %s failed (run framesift-compact on it): %s", cfg.output, exc)
+    write_report(storage, cfg.output, report)
+    try:
+        write_html_report(storage, cfg.output)
+    except Exception as exc:  # noqa: BLE001 - the data is committed; the report can be redone
+        log.error("writing report.html failed (run python -m jobs.report on OUTPUT): %s", exc)
 
 
 def _finalize_placement(payload) -> dict:

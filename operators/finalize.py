@@ -21,8 +21,9 @@ from operators import shards
 from operators.assemble import VideoPayload
 from operators.clips import ClipSettings, clip_windows, cut_clip, selection_windows, window_of
 from operators.decode import VideoInfo, read_frames
-from operators.pipeline import SelectOptions, VideoSelection, select_video
+from operators.pipeline import SampledVideo, SelectOptions, VideoSelection, select_video
 from operators.resources import ClusterShape, Resources
+from operators.segment import adjacent_distances
 from operators.source_cache import discard, source_file, take_images
 from operators.storage import Storage, failure_reason, write_bytes_atomic
 from operators.write import IMAGE_EXT, clip_uri, encode_image, frame_uri, write_table
@@ -143,7 +144,8 @@ def _write_outputs(p: VideoPayload, s: FinalizeSettings, result: VideoSelection)
         rows.append(row)
     write_table(s.storage, s.output, "shots", vid, [{"video_id": vid, "source_uri": uri, **shot,
                                                      "shot_detector": s.shot_detector} for shot in result.shots])
-    write_table(s.storage, s.output, "manifest", vid, rows + clip_rows)
+    write_table(s.storage, s.output, "timeline", vid, [timeline_row(vid, v)])
+    write_table(s.storage, s.output, "manifest", vid, rows + clip_rows, embedding_dim=v.embeddings.shape[1])
     if not s.webdataset:
         return 0
     ext = IMAGE_EXT[s.image_format]
@@ -201,6 +203,14 @@ def _cut_clips(p: VideoPayload, s: FinalizeSettings, result: VideoSelection,
             rows.append(row)
             datas.append(data)
     return rows, datas, frame_window
+
+
+def timeline_row(video_id: str, v: SampledVideo) -> dict:
+    """What the report's timeline of a video draws: every sampled frame's time and the
+    cosine distance of its features to the previous frame's (0 for the first)."""
+    dist = np.concatenate([np.zeros(min(1, len(v.timestamps))), adjacent_distances(v.features)])
+    return {"video_id": video_id, "timestamps": np.asarray(v.timestamps, np.float32).tolist(),
+            "distances": dist.astype(np.float32).tolist()}
 
 
 def _selected_images(p: VideoPayload, s: FinalizeSettings, frame_index: np.ndarray) -> list[bytes]:
