@@ -18,7 +18,6 @@ from pathlib import Path
 
 import av
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -381,7 +380,6 @@ def test_job_unwritable_shard_piece_fails_the_video(clip_corpus, tmp_path, ray_l
     assert row["status"] == "failed" and "pieces" in row["error"]
     assert not list((out / "shards").glob("*.tar")) if (out / "shards").exists() else True
     assert not (out / "shards-work" / "index").exists()
-    pq.read_table(out / "videos" / f"{row['video_id']}.parquet")  # the failure is recorded
 
 
 @pytest.mark.integration
