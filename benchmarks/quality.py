@@ -64,19 +64,26 @@ from benchmarks.quality_data import (
 )
 from operators import pipeline
 from operators.decode import decode_video, probe_video
+from operators.defaults import SHOT_DETECTOR, SHOT_DETECTORS
 from operators.features import frame_features
-from operators.pipeline import SampledVideo, SamplingOptions, SelectOptions
+from operators.pipeline import (
+    SampledVideo,
+    SamplingOptions,
+    SelectOptions,
+    sampling_for_detector,
+    shot_detector_for,
+)
 from operators.segment import detect_shots, shot_ids_from_starts
 from operators.select import VideoFrames, coverage, select_frames, shot_recall
 
 TOLERANCE_S = 0.5
 SETS = ("real", "soft", "harder")
-DETECTORS = ("features", "transnet", "fusion", "content", "adaptive", "anchor")
-TRANSNET_DETECTOR, FUSION_DETECTOR = "transnetv2", "fusion"  # values of the product's shot_detector
+DETECTORS = ("features", "sampled", "transnetv2", "fusion", "content", "adaptive", "anchor")
 SELECTION_METHODS = ["uniform", "kmeans", "kcenter", "dpp", "mmr", "shots", "scenes", "clips"]
 QUERY_ROWS = ["query", "aks", "its"]
 MIN_HOST_S = 25.0
 DEFAULT_FPS = SamplingOptions().fps
+DEFAULT_DETECTOR = shot_detector_for(SHOT_DETECTOR)  # what --shot-detector auto runs
 
 
 @dataclass
@@ -91,6 +98,7 @@ class Case:
     truth: list[float]
     tol: list[float]
     minutes: float
+    labels: list[str]  # per true boundary: its transition and length ("cut" on real videos)
 
 
 @dataclass
@@ -107,19 +115,20 @@ class Found:
 def make_cases(sets: list[str], workdir: str, seed: int) -> list[Case]:
     """The videos of the chosen sets (made ones are made, or reused from ``workdir``)."""
 
-    def case(set_: str, group: str, path: str, truth: list[float], durations=()) -> Case:
+    def case(set_: str, group: str, path: str, truth: list[float], kinds=(), durations=()) -> Case:
         tol = [max(TOLERANCE_S, d / 2) for d in durations] or [TOLERANCE_S] * len(truth)
+        labels = [f"{k} {d:g} s" for k, d in zip(kinds, durations or [1.0] * len(kinds), strict=True)]
         return Case(set_, group, os.path.basename(path), path, list(truth), tol,
-                    probe_video(path).duration_s / 60.0)
+                    probe_video(path).duration_s / 60.0, labels or ["cut"] * len(truth))
 
     cases: list[Case] = []
     if "real" in sets:
         for group, table in (("cuts", HARD_CUT_TRUTH), ("no-cut", NEGATIVE_TRUTH), ("mograph", PARTIAL_TRUTH)):
             cases += [case("real", group, str(VIDEOS_DIR / n), t) for n, t in table.items()]
     if "soft" in sets:
-        cases += [case("soft", "transition", s.path, s.boundaries) for s in soft_transition_set(workdir, seed=seed)]
+        cases += [case("soft", "transition", s.path, s.boundaries, s.transitions) for s in soft_transition_set(workdir, seed=seed)]
     if "harder" in sets:
-        cases += [case("harder", "transition", s.path, s.boundaries, s.durations)
+        cases += [case("harder", "transition", s.path, s.boundaries, s.transitions, s.durations)
                   for s in harder_transition_set(workdir, seed=seed)]
         cases += [case("harder", n.kind, n.path, []) for n in motion_flash_set(workdir)]
     return cases
@@ -128,9 +137,9 @@ def make_cases(sets: list[str], workdir: str, seed: int) -> list[Case]:
 # --------------------------------------------------------------------------- scoring
 
 
-def match(found: list[float], truth: list[float], tol: float | list[float] = TOLERANCE_S) -> tuple[int, int, int]:
+def matched(found: list[float], truth: list[float], tol: float | list[float] = TOLERANCE_S) -> set[int]:
     """One-to-one matching, nearest pairs first, of found to true boundaries within ``tol``
-    seconds (one value, or one per true boundary): (tp, fp, fn)."""
+    seconds (one value, or one per true boundary): the indices of the true ones found."""
     tols = [tol] * len(truth) if isinstance(tol, float | int) else list(tol)
     pairs = sorted((abs(f - t), i, j) for i, f in enumerate(found) for j, t in enumerate(truth))
     used_f, used_t = set(), set()
@@ -138,8 +147,25 @@ def match(found: list[float], truth: list[float], tol: float | list[float] = TOL
         if dist <= tols[j] and i not in used_f and j not in used_t:
             used_f.add(i)
             used_t.add(j)
-    tp = len(used_f)
+    return used_t
+
+
+def match(found: list[float], truth: list[float], tol: float | list[float] = TOLERANCE_S) -> tuple[int, int, int]:
+    """(tp, fp, fn) of `matched`."""
+    tp = len(matched(found, truth, tol))
     return tp, len(found) - tp, len(truth) - tp
+
+
+def recall_by_label(cases: list[Case], found: dict[str, Found], by: Callable[[str], str]) -> dict[str, str]:
+    """Found / true boundaries per ``by(label)`` (a transition's kind or its length)."""
+    hits: dict[str, list[int]] = {}
+    for c in cases:
+        got = matched(found[c.path].bounds, c.truth, c.tol)
+        for j, label in enumerate(c.labels):
+            h = hits.setdefault(by(label), [0, 0])
+            h[0] += j in got
+            h[1] += 1
+    return {k: f"{a}/{b}" for k, (a, b) in sorted(hits.items())}
 
 
 def prf(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
@@ -206,45 +232,51 @@ def set_f1(set_: str, cases: list[Case], found: dict[str, Found]) -> float:
 
 class Framesift:
     """framesift's shots through the product's per-video path, memoised per (video, fps,
-    detector) so that the selection rows reuse the sampled video of the shot rows."""
+    detector) so that the selection rows reuse the sampled video of the shot rows.
+    Detectors are the product's names (defaults.SHOT_DETECTORS) plus "fusion" for the
+    first of them whose name says fusion, when there is one."""
 
     def __init__(self) -> None:
         self.videos: dict[tuple[str, float, str], tuple[Found, SampledVideo]] = {}
         self._transnet = None
         self.load_s = 0.0
+        self.probs_here = False  # whether this benchmark, not the product, ran TransNetV2
+
+    @staticmethod
+    def product_name(detector: str) -> str | None:
+        """The product's name of a row's detector (None: the product has none)."""
+        if detector == "fusion":
+            return next((d for d in SHOT_DETECTORS if "fus" in d), None)
+        return detector if detector in SHOT_DETECTORS else None
 
     @staticmethod
     def unavailable(detector: str) -> str | None:
         """None when the shot detector ``detector`` runs here, else the cell to print."""
-        if detector == "features":
-            return None
-        try:
-            importlib.import_module("operators.transnet")
-        except ImportError:
-            return "n/a (operators.transnet missing)"
-        if _detector_option() is None:
-            return "n/a (no shot_detector option)"
+        if detector in ("transnetv2", "fusion"):
+            try:
+                importlib.import_module("operators.transnet")
+            except ImportError:
+                return "n/a (operators.transnet missing)"
+        if Framesift.product_name(detector) is None:
+            return f"n/a (no {detector} in defaults.SHOT_DETECTORS)"
         return None
 
     def run(self, path: str, fps: float, detector: str = "features") -> tuple[Found, SampledVideo]:
         """(boundaries and CPU-seconds, the sampled video) of one video at ``fps``."""
         key = (path, fps, detector)
         if key not in self.videos:
-            sampling, select = {}, {}
-            if detector != "features":
-                owner, name = _detector_option()
-                value = TRANSNET_DETECTOR if detector == "transnet" else FUSION_DETECTOR
-                (sampling if owner == "sampling" else select)[name] = value
-                if "keep_thumbs" in {f.name for f in fields(SamplingOptions)}:
-                    sampling["keep_thumbs"] = True
+            name = self.product_name(detector)
+            learned = name not in ("features", "sampled")
+            if learned:
                 self._model()
             t0 = time.process_time()
             info = probe_video(path)
-            chunks = list(pipeline.sample_chunks(path, info, SamplingOptions(fps=fps, with_model=False, **sampling)))
-            if detector != "features":
+            opts = SamplingOptions(fps=fps, with_model=False, **sampling_for_detector(name))
+            chunks = list(pipeline.sample_chunks(path, info, opts))
+            if learned:
                 chunks = self._with_probs(chunks)
             video = SampledVideo.concat(chunks, [None] * len(chunks), info.duration_s, info.fps)
-            shots = pipeline.select_video(video, SelectOptions(method="shots", k=8, **select)).shots
+            shots = pipeline.select_video(video, SelectOptions(method="shots", k=8), shot_detector=name).shots
             found = Found([float(s["start_s"]) for s in shots[1:]], time.process_time() - t0)
             self.videos[key] = (found, video)
         return self.videos[key]
@@ -258,13 +290,14 @@ class Framesift:
         return self._transnet
 
     def _with_probs(self, chunks: list) -> list:
-        """Chunks with `transition_probs` aligned to their `signal_index`. What the job's
-        TransNetV2 stage does, done here over the video's thumbnails at once, only when the
-        product's per-video path has not set them itself."""
+        """Chunks with `transition_probs` aligned to their `signal_index`: what the job's
+        TransNetV2 stage adds (operators.transnet over the decoder's thumbnails), done here
+        over the video's thumbnails at once, and only when sample_chunks has not."""
         if not chunks or getattr(chunks[0], "transition_probs", None) is not None:
             return chunks
         if getattr(chunks[0], "thumbs", None) is None:
             raise RuntimeError("sample_chunks kept no thumbnails for TransNetV2 (SamplingOptions.keep_thumbs)")
+        self.probs_here = True
         index = np.concatenate([c.thumb_index for c in chunks])
         probs = self._model().predict(np.concatenate([c.thumbs for c in chunks]))
         at = dict(zip(index.tolist(), probs.tolist(), strict=True))
@@ -274,15 +307,6 @@ class Framesift:
             row.transition_probs = np.asarray([at[int(i)] for i in c.signal_index], np.float32)
             out.append(row)
         return out
-
-
-def _detector_option() -> tuple[str, str] | None:
-    """Where the product takes its shot detector: ("sampling" | "select", field name)."""
-    for owner, cls in (("sampling", SamplingOptions), ("select", SelectOptions)):
-        for f in fields(cls):
-            if f.name == "shot_detector":
-                return owner, f.name
-    return None
 
 
 def pyscenedetect(path: str, detector: str) -> Found:
@@ -451,6 +475,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help=f"comma-separated sets to run, of {','.join(SETS)} (default all)")
     ap.add_argument("--detectors", type=csv_list(str, DETECTORS), default=list(DETECTORS),
                     help=f"comma-separated shot rows to run, of {','.join(DETECTORS)} (default all)")
+    ap.add_argument("--videos", default="", metavar="TEXT",
+                    help="only the videos whose file name contains TEXT (for a quick look at a few)")
     ap.add_argument("--fps", type=float, default=DEFAULT_FPS,
                     help=f"sampling rate of the main framesift rows and the selection (default {DEFAULT_FPS:g}, the product's)")
     ap.add_argument("--fps-variations", type=csv_list(float), default=[0.5, 2.0],
@@ -471,7 +497,7 @@ def main(argv: list[str] | None = None) -> None:
     passive_openmp_waits()  # torch's idle OpenMP threads sleep: CPU time is work, not spinning
     args = parse_args(argv)
     t0, c0 = time.time(), time.process_time()
-    cases = make_cases(args.sets, args.workdir, args.seed)
+    cases = [c for c in make_cases(args.sets, args.workdir, args.seed) if args.videos in c.name]
     make_s = time.time() - t0
     fs = Framesift()
     anchor = Anchor(args.workdir, args.fresh_anchor)
@@ -479,15 +505,18 @@ def main(argv: list[str] | None = None) -> None:
 
     # rows: (label, key, run(case) -> Found) or (label, key, "n/a ...")
     rows: list[tuple[str, str, Callable[[Case], Found] | str]] = []
+    def default(det: str, fps: float) -> str:
+        return " (default)" if fps == DEFAULT_FPS and det == DEFAULT_DETECTOR else ""
+
     if "features" in args.detectors:
         for fps in fps_list:
-            default = " (default)" if fps == DEFAULT_FPS else ""
-            rows.append((f"framesift features, fps {fps:g}{default}", f"features@{fps:g}",
+            rows.append((f"framesift features, fps {fps:g}{default('features', fps)}", f"features@{fps:g}",
                          lambda c, fps=fps: fs.run(c.path, fps)[0]))
-    for det, label in (("transnet", "framesift TransNetV2"), ("fusion", "framesift fusion")):
+    for det, label in (("sampled", "framesift sampled (--fps frames only)"), ("transnetv2", "framesift TransNetV2"),
+                       ("fusion", "framesift fusion")):
         if det in args.detectors:
             why = Framesift.unavailable(det)
-            rows.append((f"{label}, fps {args.fps:g}", det,
+            rows.append((f"{label}, fps {args.fps:g}{default(det, args.fps)}", det,
                          why or (lambda c, det=det: fs.run(c.path, args.fps, det)[0])))
     if "content" in args.detectors:
         rows.append(("PySceneDetect ContentDetector", "content", lambda c: pyscenedetect(c.path, "content")))
@@ -546,6 +575,16 @@ def main(argv: list[str] | None = None) -> None:
             for label, key, _ in rows:
                 if key in found:
                     print(f"{'':18s}{label:45s} {[round(b, 2) for b in found[key][c.path].bounds]}")
+        for set_ in ("soft", "harder"):
+            mine = [c for c in cases if c.set == set_ and c.group == "transition"]
+            if not mine:
+                continue
+            for what, by in (("kind", lambda lb: lb.split()[0]), ("length", lambda lb: lb.split(" ", 1)[1])):
+                print(f"\nfound / true boundaries of the {set_} set by transition {what}:")
+                for label, key, _ in rows:
+                    if key in found:
+                        cells = recall_by_label(mine, found[key], by)
+                        print(f"  {label:45s} " + "  ".join(f"{k} {v}" for k, v in cells.items()))
 
 
 def footnote(cases: list[Case], args: argparse.Namespace, fs: Framesift, anchor: Anchor, make_s: float,
@@ -555,11 +594,16 @@ def footnote(cases: list[Case], args: argparse.Namespace, fs: Framesift, anchor:
     sizes = ", ".join(f"{s} {len(v)} videos / {sum(c.minutes for c in v):.1f} min" for s, v in by_set.items())
     cached = f"; anchor: {anchor.cached} of its results (and their CPU time) reused from {anchor.cache_path}" \
         if anchor.cached else ""
-    loads = f"; model loading (not counted): TransNetV2 package {anchor.load_s:.1f} CPU-s" if anchor.load_s else ""
-    loads += f", framesift TransNetV2 {fs.load_s:.1f} CPU-s" if fs.load_s else ""
+    loads = [f"TransNetV2 package {anchor.load_s:.1f} CPU-s"] if anchor.load_s else []
+    loads += [f"framesift TransNetV2 {fs.load_s:.1f} CPU-s"] if fs.load_s else []
+    loads_s = f"; model loading (not counted): {', '.join(loads)}" if loads else ""
+    if fs.probs_here:
+        loads_s += ("; framesift TransNetV2's probabilities computed by this benchmark with "
+                    "operators.transnet.TransNetV2Detector.predict over the decoder's thumbnails (the "
+                    "job's stage does it in Ray; sample_chunks does not)")
     return (f"{sizes}; tolerance {TOLERANCE_S} s (half the transition when longer); framesift rows through "
             f"pipeline.sample_chunks + select_video at SamplingOptions defaults (fps {args.fps:g}, "
-            f"with_model=False){cached}{loads}. Made videos {make_s:.0f} s; run {wall_s:.0f} s wall, "
+            f"with_model=False){cached}{loads_s}. Made videos {make_s:.0f} s; run {wall_s:.0f} s wall, "
             f"{cpu_s:.0f} CPU-s in this process.")
 
 
@@ -586,7 +630,7 @@ def target_lines(cases: list[Case], found: dict[str, dict[str, Found]], fps_list
             f1 = set_f1(s, cases, mine)
             line(f1 >= 0.95, f"F1 >= 0.95 on the {s} set (framesift features: {f1:.2f})")
     if "anchor" in found:
-        for det in ("features", "transnet", "fusion"):
+        for det in ("features", "transnetv2", "fusion"):
             k = key if det == "features" else det
             if k not in found:
                 continue
