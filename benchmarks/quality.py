@@ -45,6 +45,7 @@ import argparse
 import importlib
 import json
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -529,7 +530,11 @@ def main(argv: list[str] | None = None) -> None:
     for _label, key, run in rows:
         if callable(run):
             try:
+                t_row = time.time()
                 found[key] = {c.path: run(c) for c in cases}
+                print(f"[quality] {_label}: " + "; ".join(
+                    f"{s} " + " ".join(f"{k} {v}" for k, v in set_cells(s, cases, found[key]).items())
+                    for s in args.sets) + f" ({time.time() - t_row:.0f} s)", file=sys.stderr, flush=True)
             except (ValueError, RuntimeError) as exc:  # e.g. the option rejects the fusion
                 found.pop(key, None)
                 rows = [(lb, k, f"n/a ({exc})" if k == key else r) for lb, k, r in rows]
