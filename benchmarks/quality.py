@@ -1,7 +1,7 @@
 """Quality benchmark of framesift's shot detection and frame selection, at the product's defaults.
 
 ``python -m benchmarks.quality [--workdir DIR] [--sets real,soft,harder] [--detectors ...]
-[--fps-variations 0.5,2] [--trials 30] [--verbose]`` prints one table per set of videos, a
+[--videos TEXT] [--fps-variations 0.5,2] [--trials 30] [--verbose]`` prints one table per set of videos, a
 selection table and one line per target of issue 20:
 
 * sets: ``real``, the real videos of ../shared/videos with their labels (P / R / F1 on the
@@ -15,9 +15,11 @@ selection table and one line per target of issue 20:
   the set's P and, per kind, in a column of their own);
 * rows: framesift's shots through the product's own per-video path at its default options
   (`pipeline.sample_chunks` with `SamplingOptions(fps=1, with_model=False)`, then
-  `SampledVideo.concat` and `select_video(..., SelectOptions("shots", k=8)).shots`), once per
-  shot detector (features; TransNetV2 and the fusion when `operators.transnet` exists) and
-  the features detector again at the ``--fps-variations`` (its shots must not change);
+  `SampledVideo.concat` and `select_video(..., SelectOptions("shots", k=8),
+  shot_detector=...).shots`), once per shot detector of the product (features, the default
+  that ``auto`` picks; sampled, the --fps frames only; transnetv2 and a fusion, when
+  `operators.transnet` exists and defaults.SHOT_DETECTORS names them), and the features
+  detector again at the ``--fps-variations`` (its shots must not change);
   PySceneDetect's ContentDetector and AdaptiveDetector on every frame (``detect(path,
   detector)``, their defaults); TransNetV2 through its own package (the anchor:
   ``predict_frames`` on every frame at 48x27, ``predictions_to_scenes`` at its default
