@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 import pyarrow.parquet as pq
 
-from operators.storage import Storage, StorageError, is_remote, join, list_names
+from operators.storage import Storage, StorageError, is_remote, join, list_names, read_failure
 
 VIDEO_EXTENSIONS = frozenset(
     ".mp4 .m4v .mov .mkv .webm .avi .mpg .mpeg .ts .mts .m2ts .flv .wmv .3gp .ogv .vob".split()
@@ -83,7 +83,7 @@ def _stat_uris(storage: Storage, uris: list[str], workers: int = 32) -> list[Vid
             fs, path = storage.fs_for(uri)
             return _source(uri, fs.info(path))
         except Exception as exc:  # noqa: BLE001 - a missing input is recorded, not fatal
-            return VideoSource(video_id_for(uri, 0, ""), uri, 0, "", f"cannot stat input: {exc}")
+            return VideoSource(video_id_for(uri, 0, ""), uri, 0, "", read_failure(exc, uri))
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(stat, uris))
