@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass
 
 import pyarrow.parquet as pq
 
-from operators.storage import Storage, StorageError, is_remote, join, list_names, read_failure
+from operators.storage import Storage, StorageError, is_remote, read_failure
+from operators.write import list_table, read_files
 
 VIDEO_EXTENSIONS = frozenset(
     ".mp4 .m4v .mov .mkv .webm .avi .mpg .mpeg .ts .mts .m2ts .flv .wmv .3gp .ogv .vob".split()
@@ -151,6 +152,11 @@ def list_inputs(
 
 
 def committed_video_ids(storage: Storage, output_uri: str) -> set[str]:
-    """Ids of the videos whose outputs are committed under OUTPUT (their row in videos/)."""
-    names = list_names(storage, join(output_uri, "videos"))
-    return {n[: -len(".parquet")] for n in names if n.endswith(".parquet")}
+    """Ids of the videos whose outputs are committed under OUTPUT: those with a row in
+    videos/, in a per-video file (its name is the id: no read) or in a compacted shard (only
+    its video_id column is read)."""
+    files = list_table(storage, output_uri, "videos")
+    ids = set(files.videos)
+    for part in read_files(storage, output_uri, files.shards, columns=["video_id"]):
+        ids.update(part.column("video_id").to_pylist())
+    return ids
