@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 import pyarrow.parquet as pq
 
-from operators.storage import Storage, StorageError, is_remote
+from operators.storage import Storage, StorageError, is_remote, read_failure
 from operators.write import list_table, read_files
 
 VIDEO_EXTENSIONS = frozenset(
@@ -84,7 +84,7 @@ def _stat_uris(storage: Storage, uris: list[str], workers: int = 32) -> list[Vid
             fs, path = storage.fs_for(uri)
             return _source(uri, fs.info(path))
         except Exception as exc:  # noqa: BLE001 - a missing input is recorded, not fatal
-            return VideoSource(video_id_for(uri, 0, ""), uri, 0, "", f"cannot stat input: {exc}")
+            return VideoSource(video_id_for(uri, 0, ""), uri, 0, "", read_failure(exc, uri))
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(stat, uris))
