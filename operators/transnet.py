@@ -203,7 +203,7 @@ def with_context(chunks: Iterable[np.ndarray]) -> Iterator[tuple[np.ndarray, np.
             rest = [c for c, _ in pending]
             head = np.concatenate(rest)[:CONTEXT_FRAMES] if rest else tail[:0]
             yield tail, chunk, head, first
-            tail = np.concatenate([tail, chunk])[-CONTEXT_FRAMES:]
+            tail = np.concatenate([tail, chunk[-CONTEXT_FRAMES:]])[-CONTEXT_FRAMES:]
             ahead -= len(pending[0][0]) if pending else 0
 
     for chunk in chunks:
