@@ -305,7 +305,7 @@ def test_stage_in_ray_data_with_interleaved_videos(ray_local, detector, segment)
     videos = {"a": segment[:100], "b": segment[:100][::-1].copy()}
     expected = {vid: detector.predict(frames) for vid, frames in videos.items()}
     a, b = _rows(videos["a"], [40], "a"), _rows(videos["b"], [50], "b")
-    interleaved = [r for pair in zip(a, b, strict=False) for r in pair if r is not None] + a[len(b):] + b[len(a):]
+    interleaved = [r for pair in zip(a, b, strict=False) for r in pair] + a[len(b):]  # a: 3 rows, b: 2
     ds = ray_local.data.from_items([{k: v[0] for k, v in r.to_batch().items()} for r in interleaved])
     out = ds.map_batches(TransNetStage, fn_constructor_kwargs={"device": "cpu", "num_threads": 1},
                          batch_size=2, concurrency=1, num_cpus=1).take_all()
