@@ -1,6 +1,7 @@
 """Ray Data operators: one public callable class per stage, thin wrappers over the pure core.
 
     video rows --DecodeStage--> ChunkRow --EmbedStage--> ChunkRow with embeddings
+                                ChunkRow with thumbs --TransNetStage--> ChunkRow with transition_probs
 
 Each stage declares what one of its tasks or actors asks Ray for (`resources`). A video
 that cannot be read becomes a single failed `ChunkRow` with its reason, so the job records
@@ -30,6 +31,7 @@ from operators.resources import ClusterShape, Resources
 from operators.source_cache import cache_limit_bytes, current_node_id, put_images, source_file
 from operators.storage import Storage, failure_reason, is_remote
 from operators.threads import CPU_FRAMES_PER_THREAD
+from operators.transnet import TransNetV2Detector, pad_context
 
 log = logging.getLogger("framesift")
 
@@ -211,4 +213,76 @@ class EmbedStage:
             row.embedding = propagate(part, row.group_of)  # every sampled frame: its representative's
             row.embed_s = elapsed * count / total
             row.frames = row.group_of = None
+        return batch_of(rows)
+
+
+class TransNetStage:
+    """ChunkRows with `thumbs` -> the same rows with `transition_probs` ((m,) float32:
+    TransNetV2's probability that each thumb's frame is a shot transition) and `shots_s`,
+    without the thumbs (`thumb_index` stays: it names the probabilities' frames).
+
+    Stateless across rows: each row carries the context its windows need (`thumbs_before`,
+    `thumbs_after`, `thumb_start`), so rows of many videos may reach any actor of the pool in
+    any order, and every frame's probability equals the whole video's. The model loads once
+    per actor; the windows of all rows of a call run together, `batch_size` per forward pass.
+    A row whose thumbs are malformed becomes a failed row with the reason.
+    """
+
+    def __init__(self, device: str | None = None, dtype: str | None = None, batch_size: int | None = None,
+                 num_threads: int | None = None) -> None:
+        from operators.process import freeze_startup_objects, passive_openmp_waits
+
+        passive_openmp_waits()
+        self.detector = TransNetV2Detector(device=device, dtype=dtype, batch_size=batch_size,
+                                           num_threads=num_threads)
+        freeze_startup_objects()
+
+    @staticmethod
+    def resources(shape: ClusterShape) -> Resources:
+        """One actor's request: a GPU and a CPU to feed it (fp16 there); on CPUs one core."""
+        if shape.embed_on_gpu:
+            return Resources(cpus=1.0, gpus=1.0)
+        return Resources(cpus=1.0)
+
+    @staticmethod
+    def device(shape: ClusterShape) -> str:
+        """Where the actors run the model."""
+        return "cuda" if shape.embed_on_gpu else "cpu"
+
+    @staticmethod
+    def threads(shape: ClusterShape) -> int | None:
+        """Torch threads of a CPU actor: the one core it asks for (None on a GPU)."""
+        return None if shape.embed_on_gpu else 1
+
+    @staticmethod
+    def concurrency(shape: ClusterShape, requested: int | tuple[int, int] | None = None) -> int | tuple[int, int]:
+        """The actor pool: `requested` when given; else one to one per GPU, or one CPU actor."""
+        if requested:
+            return requested
+        return (1, max(1, shape.gpus)) if shape.embed_on_gpu else 1
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Every row's probabilities from one run of all their windows."""
+        rows = rows_of(batch)
+        todo, padded = [], []
+        for row in rows:
+            if row.thumbs is not None and not row.failed:
+                try:
+                    padded.append(pad_context(row.thumbs_before, row.thumbs, row.thumbs_after, row.thumb_start))
+                    padded[-1].window_index()  # enough context? (raises ValueError)
+                    todo.append(row)
+                except ValueError as exc:
+                    padded = padded[:len(todo)]
+                    row.status, row.error = STATUS_FAILED, f"shot detector: {exc}"
+        t0 = time.perf_counter()
+        probs = self.detector.predict_many(padded)
+        elapsed = time.perf_counter() - t0
+        total = max(1, sum(len(p) for p in probs))
+        for row, p in zip(todo, probs, strict=True):
+            row.transition_probs = p.astype(np.float32)
+            row.shots_s = elapsed * len(p) / total
+        for row in rows:
+            if row.transition_probs is None:
+                row.transition_probs = np.zeros(0, np.float32)
+            row.thumbs = row.thumbs_before = row.thumbs_after = None
         return batch_of(rows)
