@@ -98,6 +98,14 @@ class CurateConfig:
         metadata={"help": "precision of the CLIP towers: auto (fp16 on GPU; bf16 on CPUs with "
                   "native bf16, about 3.5x fp32 there; else fp32), fp32, bf16 or fp16 (GPU only)"},
     )
+    shot_detector: str = field(
+        default=defaults.SHOT_DETECTOR,
+        metadata={"help": "shot boundaries from every source frame, independent of --fps: features "
+                  "(training-free, on the decoder's thumbnails), transnetv2 (the learned model, "
+                  "its own actor stage, a GPU per actor when there are GPUs), auto (features), "
+                  "or sampled (the cheapest: only the --fps samples, so cuts between them can be "
+                  "missed)"},
+    )
     embed_device: str = field(
         default="auto",
         metadata={"help": "auto (GPU actors when the cluster has GPUs at start), gpu (always one "
@@ -130,6 +138,9 @@ class CurateConfig:
         if not (self.fps > 0):
             raise ConfigError(f"--fps must be > 0, got {self.fps}")
         self.k = parse_k(self.k)
+        if self.shot_detector not in defaults.SHOT_DETECTORS:
+            raise ConfigError(f"--shot-detector must be one of {', '.join(defaults.SHOT_DETECTORS)}, "
+                              f"got {self.shot_detector!r}")
         if self.embedder not in EMBEDDERS:
             raise ConfigError(f"--embedder must be one of {', '.join(EMBEDDERS)}, got {self.embedder!r}")
         if self.image_format == "jpg":

@@ -31,7 +31,14 @@ import numpy as np
 from jobs.compact import RunCompactor
 from jobs.config import ConfigError, CurateConfig
 from operators.finalize import finalize_resources
-from operators.pipeline import SamplingOptions, SelectOptions, cascade_candidates, query_vector
+from operators.pipeline import (
+    SamplingOptions,
+    SelectOptions,
+    cascade_candidates,
+    query_vector,
+    sampling_for_detector,
+    shot_detector_for,
+)
 from operators.process import lower_priority
 from operators.resources import ClusterShape, Resources, cluster_shape
 from operators.sources import VIDEO_EXTENSIONS, committed_video_ids, list_inputs
@@ -177,6 +184,7 @@ def sampling_options(cfg: CurateConfig, spec) -> SamplingOptions:
         fps=cfg.fps, size=spec.image_size, chunk_frames=cfg.chunk_frames,
         max_frames=cfg.max_frames_per_video, cascade_ratio=None if cfg.dense else cfg.cascade_ratio,
         min_candidates=cascade_candidates(cfg.k), with_model=spec.kind == "clip",
+        **sampling_for_detector(shot_detector_for(cfg.shot_detector)),
     )
 
 
@@ -301,6 +309,7 @@ def run(cfg: CurateConfig) -> dict:
     log.info("embedder: %s; %d video(s) to process, %d already done", spec.name, len(todo), skipped)
     settings = FinalizeSettings(
         storage=storage, output=cfg.output, select=select_options(cfg), embedder=spec.name,
+        shot_detector=shot_detector_for(cfg.shot_detector),
         image_format=cfg.image_format, image_quality=cfg.image_quality, max_side=cfg.max_side,
         query=query_embedding(cfg, spec),
     )

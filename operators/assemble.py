@@ -65,8 +65,7 @@ class VideoAssembler:
 def payload_of(first: ChunkRow, parts: list[ChunkRow], error: str = "") -> VideoPayload:
     """A video's payload from its chunk rows in order (none for a failed video)."""
     meta = {k: getattr(first, k) for k in _META}
-    video = SampledVideo.concat(
-        [(p.frame_index, p.timestamps, p.features, p.embedding) for p in parts], first.duration_s)
+    video = SampledVideo.concat(parts, [p.embedding for p in parts], first.duration_s, first.fps)
     times: dict = {t: float(sum(getattr(p, t) for p in parts)) for t in _TIMES} if parts else {}
     if parts:
         times["frames_embedded"] = int(sum(p.n_embed for p in parts))

@@ -19,7 +19,8 @@ from operators.features import FEATURE_DIM
 
 STATUS_OK, STATUS_FAILED = "ok", "failed"
 PIXEL_COLUMNS = ("frames", "group_of")  # present only while the model has not run
-_ARRAYS = ("frame_index", "timestamps", "features", "frames", "group_of", "embedding")
+_ARRAYS = ("frame_index", "timestamps", "features", "frames", "group_of", "embedding", "signal_index",
+           "signal_dist", "signal_wdist", "signal_ldist", "thumb_index", "thumbs", "transition_probs")
 
 
 def _empty(name: str) -> np.ndarray:
@@ -41,6 +42,10 @@ class ChunkRow:
       per near-duplicate group with the cascade); `group_of` (n,) maps each sampled frame to
       its representative in `frames`. The embed stage replaces both with `embedding`
       (n, D) float16, one per sampled frame. Without a model neither is set.
+    - `signal_index`, `signal_dist`, `signal_wdist`, `signal_ldist` (k,): the shot detector's signals of the
+      source frames decoded since the previous chunk (segment.BoundarySignals); with
+      TransNetV2, `thumb_index` / `thumbs` (k, 27, 48, 3) uint8 go to its stage, which
+      replaces them with `transition_probs` (k,).
     - `node_id` is the Ray node that holds the source's cached copy (and kept images), where
       the video's finalize should run; "" means anywhere.
     """
@@ -69,6 +74,13 @@ class ChunkRow:
     frames: np.ndarray | None = None
     group_of: np.ndarray | None = None
     embedding: np.ndarray | None = None
+    signal_index: np.ndarray | None = None
+    signal_dist: np.ndarray | None = None
+    signal_wdist: np.ndarray | None = None
+    signal_ldist: np.ndarray | None = None
+    thumb_index: np.ndarray | None = None
+    thumbs: np.ndarray | None = None
+    transition_probs: np.ndarray | None = None
 
     @property
     def failed(self) -> bool:

@@ -22,6 +22,11 @@ import numpy as np
 decord.bridge.set_bridge("native")
 
 
+# Every decoded frame's thumbnail, (width, height): TransNetV2's input size, and what the
+# training-free shot detector reads; a box filter (swscale's AREA) keeps it cheap and unaliased.
+THUMB_SIZE = (48, 27)
+
+
 class DecodeError(RuntimeError):
     """The file cannot be decoded as a video; the message is the reason recorded for it."""
 
@@ -46,6 +51,10 @@ class Chunk:
     frames: np.ndarray  # (n, size, size, 3) uint8 RGB
     # each frame encoded at output size, when iter_chunks was asked to and decoded in order
     images: tuple[bytes, ...] | None = None
+    # with `thumbs`: every source frame decoded since the previous chunk (through the end of
+    # the video for the last chunk), as THUMB_SIZE RGB, and their indices
+    thumb_index: np.ndarray | None = None  # (m,) int64
+    thumbs: np.ndarray | None = None  # (m, 27, 48, 3) uint8
 
 
 @dataclass(frozen=True)
@@ -182,15 +191,28 @@ class _FrameCursor:
     index. A wanted frame that never came out of the decoder (a damaged picture) is stood in
     for by the next one, which stays available for the next wanted index."""
 
-    def __init__(self, indexed: Iterator[tuple[int, object]]) -> None:
+    def __init__(self, indexed: Iterator[tuple[int, object]],
+                 seen: Callable[[int, object], None] | None = None) -> None:
         self.indexed = indexed
         self.pending: tuple[int, object] | None = None
+        self.seen = seen  # called once for every frame that comes out of the decoder
+
+    def _next(self) -> tuple[int, object] | None:
+        item = next(self.indexed, None)
+        if item is not None and self.seen is not None:
+            self.seen(*item)
+        return item
+
+    def drain(self) -> None:
+        """Decode the rest of the stream (for `seen`)."""
+        while self._next() is not None:
+            pass
 
     def at(self, i: int) -> object | None:
         """The frame at index `i` (or the first after it); None when the stream has ended."""
         while True:
             if self.pending is None:
-                self.pending = next(self.indexed, None)
+                self.pending = self._next()
                 if self.pending is None:
                     return None
             j, frame = self.pending
@@ -214,7 +236,11 @@ class _SequentialReader:
     without them (or where the packets' timestamps cannot be trusted), by counting.
 
     With `encode`, every kept frame is also converted at `image_size` ((-1, -1): the
-    source's) and passed to `encode`; `images` then holds the last read's results."""
+    source's) and passed to `encode`; `images` then holds the last read's results.
+
+    With `thumbs`, every decoded frame, kept or not, is also scaled to THUMB_SIZE; `thumbs`
+    and `thumb_index` then hold those of the frames decoded since the last read (`drain`
+    decodes the rest of the stream). No frame is skipped then."""
 
     def __init__(
         self,
@@ -226,6 +252,7 @@ class _SequentialReader:
         image_size: tuple[int, int] = (-1, -1),
         wanted: np.ndarray | None = None,
         frame_count: int | None = None,
+        thumbs: bool = False,
     ) -> None:
         import av
 
@@ -240,7 +267,8 @@ class _SequentialReader:
         # Only streams that reorder pictures have B-frames to skip; the others would pay for
         # the packet pass and a Python loop per packet (~10% of decode on a 30 fps H.264).
         codec = stream.codec_context
-        if wanted is not None and frame_count and codec.has_b_frames and codec.name in SKIPPABLE_CODECS:
+        if (wanted is not None and frame_count and not thumbs and codec.has_b_frames
+                and codec.name in SKIPPABLE_CODECS):
             order = display_order(path, frame_count)
         self.skipping = order is not None
         if order is not None:
@@ -248,10 +276,13 @@ class _SequentialReader:
             keep = keep[(keep >= 0) & (keep < len(order))]
             self.cursor = _FrameCursor(self._ranked(stream, order, set(order[keep].tolist())))
         else:
-            self.cursor = _FrameCursor(enumerate(self._counted(self.container.decode(stream))))
+            self.cursor = _FrameCursor(enumerate(self._counted(self.container.decode(stream))),
+                                       self._thumb if thumbs else None)
+        self._thumbs: list[np.ndarray] = []
+        self._thumb_index: list[int] = []
+        self.thumb_reformatter = av.video.reformatter.VideoReformatter()
         self.size = {} if width < 0 else {"width": width, "height": height}
-        # One reformatter for the whole stream: VideoFrame.reformat builds a new swscale
-        # context for every frame, which cost 0.3 ms a frame here and ~3.5 ms on a Xeon.
+        # one reformatter (one swscale context) for the whole stream, not one per frame
         self.reformatter = av.video.reformatter.VideoReformatter()
         self.encode = encode
         if encode is not None:
@@ -285,6 +316,25 @@ class _SequentialReader:
                 last = j
                 yield j, frame
 
+    def _thumb(self, i: int, frame) -> None:
+        w, h = THUMB_SIZE
+        rgb = self.thumb_reformatter.reformat(frame, format="rgb24", width=w, height=h, interpolation="AREA")
+        self._thumbs.append(rgb.to_ndarray())
+        self._thumb_index.append(i)
+
+    def take_thumbs(self) -> tuple[np.ndarray, np.ndarray]:
+        """The thumbnails (m, 27, 48, 3) and indices (m,) of the frames decoded since the
+        last call."""
+        w, h = THUMB_SIZE
+        thumbs = np.stack(self._thumbs) if self._thumbs else np.zeros((0, h, w, 3), np.uint8)
+        index = np.asarray(self._thumb_index, np.int64)
+        self._thumbs, self._thumb_index = [], []
+        return index, thumbs
+
+    def drain(self) -> None:
+        """Decode the rest of the stream (every frame's thumbnail, when asked for)."""
+        self.cursor.drain()
+
     def read(self, idx: np.ndarray) -> np.ndarray:
         out = []
         self.images = []
@@ -311,27 +361,29 @@ def open_reader(
     encode: Callable[[np.ndarray], bytes] | None = None,
     image_size: tuple[int, int] = (-1, -1),
     wanted: np.ndarray | None = None,
+    thumbs: bool = False,
 ):
-    """decord random access for indexed containers with sane timestamps, else PyAV in order.
+    """decord random access for indexed containers with sane timestamps, else PyAV in order
+    (always in order with `thumbs`: every frame's thumbnail needs every frame decoded).
 
     `step` is the spacing, in source frames, of the frames that will be read (None: a few
     scattered frames). When it is no larger than the usual distance between keyframes, a
     seek cannot skip anything and every frame is decoded either way; then PyAV in order is
     cheaper too, as it converts and scales only the frames kept, where decord scales every
-    decoded frame (measured on the six real videos at 1 fps: 2.11 against 2.66 CPU-s).
+    decoded frame (docs/decisions.md, *Decode*).
     `encode` and `image_size` go to the in-order reader; decord's encodes nothing.
 
     `wanted`, every index that will be read, lets the in-order reader skip the frames
     nothing needs, in indexed containers whose packets name as many frames as decord's
     index does (see _SequentialReader)."""
     frame_count = None
-    if os.path.splitext(path)[1].lower() in SEEKABLE_CONTAINERS:
+    if not thumbs and os.path.splitext(path)[1].lower() in SEEKABLE_CONTAINERS:
         vr = _open(path, width=width, height=height, num_threads=num_threads)
         if timestamps_are_sane(vr):
             if step is None or step > keyframe_spacing(vr):
                 return _RandomAccessReader(vr)
             frame_count = len(vr)
-    return _SequentialReader(path, width, height, num_threads, encode, image_size, wanted, frame_count)
+    return _SequentialReader(path, width, height, num_threads, encode, image_size, wanted, frame_count, thumbs)
 
 
 def keyframe_spacing(vr) -> float:
@@ -359,6 +411,15 @@ class _RandomAccessReader:
         pass
 
 
+def _drain(reader) -> None:
+    """Decode the frames after the last sampled one, for their thumbnails; a damaged tail
+    ends the thumbnails there (nothing sampled is lost)."""
+    try:
+        reader.drain()
+    except Exception:  # noqa: BLE001 - decoder errors of any kind
+        return
+
+
 def _read(reader, idx: np.ndarray) -> np.ndarray:
     try:
         return reader.read(idx)
@@ -377,8 +438,13 @@ def iter_chunks(
     num_threads: int = 1,
     encode_images: Callable[[np.ndarray], bytes] | None = None,
     image_max_side: int | None = None,
+    thumbs: bool = False,
 ) -> Iterator[Chunk]:
     """Decode the frames sampled at `fps`, `chunk_frames` at a time, at `size x size`.
+
+    With `thumbs`, every source frame is decoded in order and each chunk also carries the
+    THUMB_SIZE thumbnails of the frames decoded since the previous chunk (the last chunk:
+    through the end of the video), for shot detection at source-frame precision.
 
     With `encode_images`, each sampled frame is also converted at output size (the
     source's, or fitted to `image_max_side` as `read_frames` does) and encoded by it into
@@ -395,19 +461,26 @@ def iter_chunks(
     step = sampling_step(info, idx)
     reader = open_reader(
         path, w, h, num_threads, step=step, encode=encode_images,
-        image_size=output_geometry(info, image_max_side), wanted=idx,
+        image_size=output_geometry(info, image_max_side), wanted=idx, thumbs=thumbs,
     )
     try:
         for start in range(0, len(idx), chunk_frames):
             part = idx[start : start + chunk_frames]
             frames = _read(reader, part)
+            ended = len(frames) < len(part)  # the container claimed more frames than it holds
             part = part[: len(frames)]
+            thumb_index = thumb_pixels = None
+            if thumbs:
+                if start + chunk_frames >= len(idx) and not ended:
+                    _drain(reader)
+                thumb_index, thumb_pixels = reader.take_thumbs()
             if len(part):
                 frames = np.ascontiguousarray(center_crop(frames, size))
-                # empty unless the in-order reader was asked to encode
-                yield Chunk(part, part.astype(np.float64) / info.fps, frames, tuple(reader.images) or None)
-            if len(part) < chunk_frames and start + chunk_frames < len(idx):
-                return  # the stream ended early
+                # images: empty unless the in-order reader was asked to encode
+                yield Chunk(part, part.astype(np.float64) / info.fps, frames, tuple(reader.images) or None,
+                            thumb_index, thumb_pixels)
+            if ended:
+                return
     finally:
         reader.close()
 

@@ -43,6 +43,7 @@ class FinalizeSettings:
     output: str
     select: SelectOptions
     embedder: str
+    shot_detector: str = "features"
     image_format: str = "jpeg"
     image_quality: int = 90
     max_side: int | None = None
@@ -61,6 +62,7 @@ def _video_row(p: VideoPayload, s: FinalizeSettings, status: str, **extra) -> di
         "k": None,
         "method": s.select.method,
         "embedder": s.embedder,
+        "shot_detector": s.shot_detector,
         **p.times,
         "select_s": 0.0,
         "write_s": 0.0,
@@ -84,7 +86,7 @@ def finalize_video(p: VideoPayload, s: FinalizeSettings) -> dict:
         return row
     try:
         t0 = time.perf_counter()
-        result = select_video(p.video, s.select, s.query)
+        result = select_video(p.video, s.select, s.query, s.shot_detector)
         t1 = time.perf_counter()
         _write_outputs(p, s, result)
         t2 = time.perf_counter()
@@ -117,8 +119,8 @@ def _write_outputs(p: VideoPayload, s: FinalizeSettings, result: VideoSelection)
             "clip_end_s": method_clip["end_s"] if method_clip else None,
             "embedding": v.embeddings[i].astype(np.float32).tolist(), "image_uri": image_uri,
         })
-    write_table(s.storage, s.output, "shots", vid, [{"video_id": vid, "source_uri": uri, **shot}
-                                                    for shot in result.shots])
+    write_table(s.storage, s.output, "shots", vid, [{"video_id": vid, "source_uri": uri, **shot,
+                                                     "shot_detector": s.shot_detector} for shot in result.shots])
     write_table(s.storage, s.output, "timeline", vid, [timeline_row(vid, v)])
     write_table(s.storage, s.output, "manifest", vid, rows, embedding_dim=v.embeddings.shape[1])
 

@@ -71,6 +71,7 @@ SHOTS_SCHEMA = pa.schema(
         ("end_s", pa.float64()),
         ("start_frame_index", pa.int64()),
         ("num_sampled_frames", pa.int32()),
+        ("shot_detector", pa.string()),
     ]
 )
 
@@ -92,6 +93,7 @@ VIDEOS_SCHEMA = pa.schema(
         ("k", pa.int32()),
         ("method", pa.string()),
         ("embedder", pa.string()),
+        ("shot_detector", pa.string()),
         ("download_s", pa.float64()),
         ("decode_s", pa.float64()),
         ("features_s", pa.float64()),
