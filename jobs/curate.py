@@ -25,6 +25,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -44,6 +45,9 @@ from operators.resources import ClusterShape, Resources, cluster_shape
 from operators.sources import VIDEO_EXTENSIONS, committed_video_ids, list_inputs
 from operators.storage import Storage, StorageError, check_writable
 from operators.write import encode_image, read_table, write_report
+
+if TYPE_CHECKING:
+    from operators.clips import ClipSettings
 
 log = logging.getLogger("framesift")
 
@@ -102,7 +106,8 @@ def _coerce(f: dataclasses.Field, value):
     if isinstance(value, bool) or f.name in ("k", "embed_concurrency"):
         return value
     default = f.default
-    kinds = {"fps": float, "dedup_threshold": float, "cascade_ratio": float}
+    kinds = {"fps": float, "dedup_threshold": float, "cascade_ratio": float, "clip_min_s": float,
+             "clip_max_s": float, "clip_fps": float, "shard_size_mb": float}
     if f.name in kinds:
         conv = kinds[f.name]
     elif isinstance(default, int) or f.name in ("limit", "max_side", "max_frames_per_video"):
@@ -169,7 +174,7 @@ def plan_stages(shape: ClusterShape, cfg: CurateConfig, with_model: bool = True)
         shape=shape, decode=decode, embed=embed,
         embed_concurrency=EmbedStage.concurrency(shape, cfg.embed_concurrency) if with_model else None,
         embed_threads=EmbedStage.threads(shape) if with_model else None,
-        finalize=finalize_resources(shape, decode, embed),
+        finalize=finalize_resources(shape, decode, embed, clips=cfg.clips),
     )
 
 
@@ -295,24 +300,30 @@ def _actor_pool(concurrency: int | tuple[int, int]):
     return ray.data.ActorPoolStrategy(min_size=concurrency[0], max_size=concurrency[1])
 
 
-def run(cfg: CurateConfig) -> dict:
+def run(cfg: CurateConfig, listed: tuple | None = None) -> dict:
     """Run the curation job for a validated config; returns the run report (also written to
     OUTPUT/report.json). Raises JobError / StorageError / WeightsError before any work when
-    the run cannot start."""
+    the run cannot start. `listed` is `preflight`'s answer when the caller made it already
+    (a test that changes a source between listing and decoding)."""
     from operators.assemble import VideoAssembler
     from operators.chunk_row import ChunkRow
     from operators.finalize import FinalizeSettings, finalize_video
 
     started = time.time()
     storage = Storage(endpoint_url=cfg.s3_endpoint)
-    todo, skipped, spec = preflight(cfg, storage)
+    todo, skipped, spec = listed or preflight(cfg, storage)
     log.info("embedder: %s; %d video(s) to process, %d already done", spec.name, len(todo), skipped)
     settings = FinalizeSettings(
         storage=storage, output=cfg.output, select=select_options(cfg), embedder=spec.name,
         shot_detector=shot_detector_for(cfg.shot_detector),
         image_format=cfg.image_format, image_quality=cfg.image_quality, max_side=cfg.max_side,
-        query=query_embedding(cfg, spec),
+        query=query_embedding(cfg, spec), clips=clip_settings(cfg), webdataset=cfg.format == "webdataset",
     )
+    roller = None
+    if cfg.format == "webdataset":
+        from operators.shards import ShardRoller
+
+        roller = ShardRoller(storage, cfg.output, int(cfg.shard_size_mb * 2**20))
     rows: list[dict] = []
     if todo:
         ray = init_ray(cfg)
@@ -320,6 +331,8 @@ def run(cfg: CurateConfig) -> dict:
         plan = stage_plan(ray, cfg, spec.kind == "clip")
         finalize = ray.remote(max_retries=2, **plan.finalize.ray_options())(finalize_video)
         settings_ref = ray.put(settings)
+        if roller is not None:
+            roller.bind(ray, **plan.finalize.ray_options())
         assembler = VideoAssembler()
         compactor = RunCompactor(ray, storage, cfg.output, cfg.compact_every, plan.finalize.ray_options())
         inflight: list = []
@@ -332,6 +345,8 @@ def run(cfg: CurateConfig) -> dict:
                 inflight[:] = rest
                 row = ray.get(ready[0])
                 rows.append(row)
+                if roller is not None:
+                    roller.committed(row)
                 compactor.committed(row["video_id"])
                 log.debug("%s %s %s", row["status"], row["video_id"], row["source_uri"])
                 if time.time() - last_log > 10 or len(rows) == len(todo):
@@ -348,9 +363,31 @@ def run(cfg: CurateConfig) -> dict:
         compactor.wait()
         if assembler.pending:
             log.error("%d video(s) never received all their chunks", assembler.pending)
+    shards = roller.finish(lambda: done_video_ids(storage, cfg.output)) if roller is not None else None
     report = make_report(cfg, spec.name, rows, skipped, time.time() - started)
+    if shards is not None:
+        report["shards"] = shards
     finish_output(storage, cfg, report)
     return report
+
+
+def done_video_ids(storage: Storage, output: str) -> set[str]:
+    """The videos committed done in OUTPUT."""
+    return {r["video_id"] for r in read_table(storage, output, "videos").to_pylist() if r["status"] == "done"}
+
+
+def clip_settings(cfg: CurateConfig) -> ClipSettings | None:
+    """The run's ClipSettings (--clips and its options), or None without --clips."""
+    if not cfg.clips:
+        return None
+    from operators.clips import ClipError, ClipOptions, ClipSettings, h264_encoder
+
+    try:
+        h264_encoder()  # every re-encoded clip needs it: say so before any work
+    except ClipError as exc:
+        raise ConfigError(f"--clips: {exc}") from exc
+    options = ClipOptions(height=cfg.clip_transcode_height(), fps=cfg.clip_fps, audio=not cfg.no_audio)
+    return ClipSettings(mode=cfg.clip_mode, min_s=cfg.clip_min_s, max_s=cfg.clip_max_s, options=options)
 
 
 def finish_output(storage: Storage, cfg: CurateConfig, report: dict) -> None:

@@ -53,6 +53,18 @@ def _version_of(info: dict) -> str:
     return ""
 
 
+def changed_since_listing(info: dict, listed_size: int, listed_version: str) -> str | None:
+    """The reason a source's current `info` (fsspec's: size, ETag or mtime) shows it is not
+    the one listed with `listed_size` bytes and version `listed_version`, or None. The
+    video's id names the listed bytes, so a changed source is not read under it: the next
+    run lists the new version under a new id."""
+    size, version = int(info.get("size") or 0), _version_of(info)
+    if size == listed_size and (not listed_version or version == listed_version):
+        return None
+    what = f"{size} bytes, listed with {listed_size}" if size != listed_size else "same size, new version"
+    return f"source changed since it was listed ({what}); the next run processes the new version"
+
+
 def _uri_of(uri_root: str, path: str) -> str:
     if is_remote(uri_root):
         scheme = uri_root.split("://", 1)[0]

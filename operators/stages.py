@@ -28,10 +28,11 @@ from operators.pipeline import (
 )
 from operators.resources import ClusterShape, Resources
 from operators.source_cache import cache_limit_bytes, current_node_id, put_images, source_file
-from operators.storage import Storage, is_remote
+from operators.storage import Storage, failure_reason, is_remote
 from operators.threads import CPU_FRAMES_PER_THREAD
 
 log = logging.getLogger("framesift")
+
 
 
 class DecodeStage:
@@ -107,7 +108,8 @@ class DecodeStage:
         t0 = time.perf_counter()
         try:
             # a source in object storage stays on this node's disk for finalize to read again
-            with source_file(self.storage, str(src["source_uri"]), vid, keep=True) as path:
+            listed = (int(src.get("size") or 0), str(src.get("version") or "")) if "version" in src else None
+            with source_file(self.storage, str(src["source_uri"]), vid, keep=True, listed=listed) as path:
                 download_s = time.perf_counter() - t0
                 info = probe_video(path)
                 n = sampled_count(info, self.sampling)
@@ -138,7 +140,7 @@ class DecodeStage:
         except DecodeError as exc:
             yield self._row(src, node_id, status=STATUS_FAILED, error=str(exc))
         except Exception as exc:  # noqa: BLE001 - storage errors, decoder crashes: recorded
-            yield self._row(src, node_id, status=STATUS_FAILED, error=f"{type(exc).__name__}: {exc}")
+            yield self._row(src, node_id, status=STATUS_FAILED, error=failure_reason(exc, str(src["source_uri"])))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         """One video per input row (map_batches batch_size=1); yields one batch per chunk."""

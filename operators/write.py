@@ -3,7 +3,9 @@
 Layout under OUTPUT (each table is a folder of Parquet files):
 
     frames/<video_id>/<timestamp_ms>.jpg|.webp   selected frames
-    manifest/                                    one row per selected frame
+    clips/<video_id>/<start_ms>-<end_ms>.mp4     clips (--clips)
+    manifest/                                    one row per selected frame (kind "frame")
+                                                 and per clip window (kind "clip")
     shots/                                       one row per shot
     timeline/                                    one row per done video: its sampled frames'
                                                  times and adjacent-frame distances (report)
@@ -59,6 +61,18 @@ MANIFEST_SCHEMA = pa.schema(
         ("clip_end_s", pa.float64()),
         ("embedding", pa.list_(pa.float32())),  # stored as list_(float32, D): manifest_schema
         ("image_uri", pa.string()),
+        # clips (--clips): a frame row names the clip holding it; a clip row describes the
+        # clip, or says in clip_error why it could not be cut
+        ("kind", pa.string()),
+        ("clip_uri", pa.string()),
+        ("clip_frames", pa.int32()),
+        ("clip_fps", pa.float64()),
+        ("clip_mode", pa.string()),
+        ("clip_codec", pa.string()),
+        ("clip_encoder", pa.string()),
+        ("clip_audio", pa.bool_()),
+        ("clip_bytes", pa.int64()),
+        ("clip_error", pa.string()),
     ]
 )
 
@@ -132,6 +146,13 @@ def frame_uri(output: str, video_id: str, timestamp_s: float, image_format: str)
     to 9 digits so names sort in time order)."""
     ms = int(round(timestamp_s * 1000))
     return join(output, "frames", video_id, f"{ms:09d}.{IMAGE_EXT[image_format]}")
+
+
+def clip_uri(output: str, video_id: str, start_s: float, end_s: float) -> str:
+    """Where a clip goes: clips/<video_id>/<start_ms>-<end_ms>.mp4 (ms zero-padded to 9
+    digits so names sort in time order)."""
+    a, b = int(round(start_s * 1000)), int(round(end_s * 1000))
+    return join(output, "clips", video_id, f"{a:09d}-{b:09d}.mp4")
 
 
 def table_uri(output: str, table: str, video_id: str) -> str:
