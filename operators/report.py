@@ -142,7 +142,9 @@ def _summary_html(data: dict) -> str:
     run, videos = data["run"], data["videos"]
     done = [v for v in videos if v["status"] == "done"]
     failed = [v for v in videos if v["status"] == "failed"]
-    frames = sum(len(f) for f in data["frames"].values())
+    rows = [r for f in data["frames"].values() for r in f]
+    clips = sum(r.get("kind") == "clip" for r in rows)
+    frames = len(rows) - clips
     shots = sum(len(s) for s in data["shots"].values())
     rv = run.get("videos", {})
     facts = [
@@ -152,7 +154,7 @@ def _summary_html(data: dict) -> str:
         ("last run", f"{rv.get('done', 0)} done, {rv.get('failed', 0)} failed, {rv.get('skipped', 0)} skipped "
                      f"in {_fmt_s(run.get('wall_seconds'))} ({run.get('video_seconds_per_wall_second', '-')}x real time)"),
         ("dataset", f"{len(videos)} videos: {len(done)} done, {len(failed)} failed; {frames} frames selected "
-                    f"of {sum(v['frames_sampled'] or 0 for v in done)} sampled; {shots} shots; "
+                    f"of {sum(v['frames_sampled'] or 0 for v in done)} sampled; {clips} clips; {shots} shots; "
                     f"{_fmt_s(sum(v['duration_s'] or 0 for v in done))} of video"),
     ]
     stages = run.get("stage_seconds") or {}

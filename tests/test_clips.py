@@ -18,6 +18,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -380,6 +381,8 @@ def test_job_unwritable_shard_piece_fails_the_video(clip_corpus, tmp_path, ray_l
     assert row["status"] == "failed" and "pieces" in row["error"]
     assert not list((out / "shards").glob("*.tar")) if (out / "shards").exists() else True
     assert not (out / "shards-work" / "index").exists()
+    # the failure is recorded (compacted into videos/'s shard at the end of the run)
+    assert pq.read_table(out / "videos").column("video_id").to_pylist() == [row["video_id"]]
 
 
 @pytest.mark.integration

@@ -287,3 +287,12 @@ def test_manifest_loads_with_hf_datasets(compacted, tmp_path, monkeypatch):
     rows = ds.sort("image_uri").with_format("numpy")[:]
     assert rows["embedding"].shape == (n, FEATURE_DIM) and rows["embedding"].dtype == np.float32
     assert np.array_equal(rows["embedding"], emb)
+
+
+def test_compact_and_report_commands_name_a_missing_output(tmp_path, capsys):
+    from jobs import report as report_cli
+
+    assert compact_cli.main([str(tmp_path / "nope")]) == 1
+    assert report_cli.main([str(tmp_path / "nope")]) == 1
+    assert capsys.readouterr().err.count("does not exist") == 2
+    assert compact_cli.main([str(tmp_path), "--shard-rows", "0"]) == 2
