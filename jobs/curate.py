@@ -162,19 +162,23 @@ class StagePlan:
     embed_concurrency: int | tuple[int, int] | None
     embed_threads: int | None
     finalize: Resources
+    shots: Resources | None = None  # the TransNetV2 stage's actors (None: no such stage)
+    shots_concurrency: int | tuple[int, int] | None = None
 
 
 def plan_stages(shape: ClusterShape, cfg: CurateConfig, with_model: bool = True) -> StagePlan:
     """Each stage's resources on a cluster of `shape` for the run `cfg` describes."""
-    from operators.stages import DecodeStage, EmbedStage
+    from operators.stages import DecodeStage, EmbedStage, TransNetStage
 
-    decode = DecodeStage.resources(shape, with_model)
+    shots = TransNetStage.resources(shape) if shot_detector_for(cfg.shot_detector) == "transnetv2" else None
+    decode = DecodeStage.resources(shape, with_model, beside=shots)
     embed = EmbedStage.resources(shape) if with_model else None
     return StagePlan(
         shape=shape, decode=decode, embed=embed,
         embed_concurrency=EmbedStage.concurrency(shape, cfg.embed_concurrency) if with_model else None,
         embed_threads=EmbedStage.threads(shape) if with_model else None,
-        finalize=finalize_resources(shape, decode, embed, clips=cfg.clips),
+        finalize=finalize_resources(shape, decode, embed, clips=cfg.clips, beside=shots),
+        shots=shots, shots_concurrency=TransNetStage.concurrency(shape) if shots else None,
     )
 
 
@@ -267,6 +271,18 @@ def build_dataset(ray, cfg: CurateConfig, storage: Storage, todo: list, spec, pl
         batch_format="numpy",
         **plan.decode.ray_options(),
     )
+    if plan.shots is not None:
+        from operators.stages import TransNetStage
+
+        ds = ds.map_batches(
+            TransNetStage,
+            fn_constructor_kwargs={"device": TransNetStage.device(plan.shape),
+                                   "num_threads": TransNetStage.threads(plan.shape)},
+            batch_size=4,  # chunk rows: each brings its frames' 100-frame windows
+            batch_format="numpy",
+            compute=_actor_pool(plan.shots_concurrency),
+            **plan.shots.ray_options(),
+        )
     if plan.embed is not None:
         ds = ds.map_batches(
             EmbedStage,

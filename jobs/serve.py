@@ -63,6 +63,7 @@ from operators.pipeline import (
     sampling_for_detector,
     select_video,
     shot_detector_for,
+    with_transition_probs,
 )
 from operators.process import freeze_startup_objects
 from operators.select import METHODS, method_names
@@ -458,6 +459,7 @@ class SelectService:
         self.cfg = ServeConfig.from_dict(config).validate()
         self.spec = EmbedderSpec(**spec)
         self.shot_detector = shot_detector_for(self.cfg.shot_detector)
+        self._transnet_detector = None
         self.storage = Storage(endpoint_url=self.cfg.s3_endpoint)
         self.embedder = embedder
         self._pool = ThreadPoolExecutor(max_workers=self.cfg.decode_workers, thread_name_prefix="decode")
@@ -704,7 +706,17 @@ class SelectService:
             raise ServiceError(422, f"not a decodable video: {exc}") from None
         if not chunks:
             raise ServiceError(422, "no frames could be decoded")
+        if self.shot_detector == "transnetv2":
+            chunks = with_transition_probs(chunks, self._transnet())
         return info, chunks, capped
+
+    def _transnet(self):
+        """TransNetV2 in this replica, loaded on first use (on its GPU when it has one)."""
+        if self._transnet_detector is None:
+            from operators.transnet import TransNetV2Detector
+
+            self._transnet_detector = TransNetV2Detector()
+        return self._transnet_detector
 
     def _check_limits(self, info: VideoInfo) -> None:
         if info.duration_s > self.cfg.max_duration_s:

@@ -33,15 +33,16 @@ FINALIZE_CLIP_CPUS = 1.0  # ... unless it cuts clips: re-encoding is one encoder
 
 
 def finalize_resources(shape: ClusterShape, decode: Resources, embed: Resources | None,
-                       clips: bool = False) -> Resources:
+                       clips: bool = False, beside: Resources | None = None) -> Resources:
     """One finalize task's request: half a CPU (it is mostly I/O, so it runs beside the
     streaming pipeline instead of queueing behind it), one when it cuts clips (`clips`: a
     re-encode keeps one core busy), and never more than what is left beside a CPU embedding
-    actor and one decode task, or it could not be placed."""
+    actor, one decode task and `beside` (a CPU TransNetV2 actor), or it could not be placed."""
     want = FINALIZE_CLIP_CPUS if clips else FINALIZE_CPUS
     if embed is None or shape.embed_on_gpu:
         return Resources(cpus=want)
-    return Resources(cpus=min(want, shape.node_cpus - embed.cpus - decode.cpus))
+    other = beside.cpus if beside is not None and not beside.gpus else 0.0
+    return Resources(cpus=min(want, shape.node_cpus - embed.cpus - decode.cpus - other))
 
 
 @dataclass(frozen=True)

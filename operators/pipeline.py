@@ -23,6 +23,7 @@ from operators.cascade import plan_chunk
 from operators.decode import VideoInfo, image_for_model, iter_chunks, sample_indices
 from operators.features import frame_features
 from operators.segment import (
+    MIN_SHOT_S,
     BoundarySignals,
     ShotSignals,
     detect_cuts,
@@ -79,6 +80,7 @@ class SampledChunk:
     signal_ldist: np.ndarray | None = None
     thumb_index: np.ndarray | None = None
     thumbs: np.ndarray | None = None
+    transition_probs: np.ndarray | None = None  # TransNetV2's, one per thumbnail (set by its caller)
 
 
 def shot_detector_for(requested: str) -> str:
@@ -92,6 +94,21 @@ def sampling_for_detector(detector: str) -> dict:
     """The SamplingOptions fields a shot detector needs: the decoder's per-frame signals for
     "features" and "transnetv2" (which also needs the thumbnails), none for "sampled"."""
     return {"shot_signals": detector != "sampled", "keep_thumbs": detector == "transnetv2"}
+
+
+def with_transition_probs(chunks: list[SampledChunk], detector) -> list[SampledChunk]:
+    """A whole (short) video's chunks with TransNetV2's probabilities from `detector` (a
+    `transnet.TransNetV2Detector`), for callers that hold the video in one process (the
+    service); the job runs its own TransNetStage."""
+    from operators.transnet import StreamingPredictor
+
+    stream, probs = StreamingPredictor(detector), []
+    for c in chunks:
+        probs.append(stream.feed(c.thumbs))
+    probs.append(stream.finish())
+    flat = np.concatenate(probs)
+    cuts = np.cumsum([len(c.thumbs) for c in chunks])[:-1]
+    return [replace(c, transition_probs=p, thumbs=None) for c, p in zip(chunks, np.split(flat, cuts), strict=True)]
 
 
 def cascade_candidates(k: int | str) -> int:
@@ -199,9 +216,16 @@ class SampledVideo:
         emb = feats if embeddings[0] is None else np.concatenate([np.asarray(e, np.float32) for e in embeddings])
         signals = None
         if getattr(parts[0], "signal_index", None) is not None:
-            probs = cat("transition_probs", np.float32) if getattr(parts[0], "transition_probs", None) is not None else None
-            signals = ShotSignals(cat("signal_index", np.int64), cat("signal_dist", np.float32),
-                                  cat("signal_wdist", np.float32), cat("signal_ldist", np.float32), probs)
+            index = cat("signal_index", np.int64)
+            probs = None
+            if getattr(parts[0], "transition_probs", None) is not None:
+                # TransNetV2's probabilities come per thumbnail: put them at their frames
+                probs = np.zeros(len(index), np.float32)
+                at = np.searchsorted(index, cat("thumb_index", np.int64))
+                ok = at < len(index)
+                probs[at[ok]] = cat("transition_probs", np.float32)[ok]
+            signals = ShotSignals(index, cat("signal_dist", np.float32), cat("signal_wdist", np.float32),
+                                  cat("signal_ldist", np.float32), probs)
         return cls(cat("frame_index", np.int64), cat("timestamps", np.float64), feats, emb, duration_s, fps, signals)
 
 
@@ -262,7 +286,8 @@ def find_cuts(video: SampledVideo, detector: str = "features") -> np.ndarray:
             raise ValueError("shot detector 'transnetv2' needs the TransNetV2 stage's probabilities")
         from operators.transnet import boundaries
 
-        return np.unique(np.concatenate([[0], sig.frame_index[boundaries(sig.probs)]])).astype(np.int64)
+        gap = max(1, round(video.fps * MIN_SHOT_S))  # as the features detector's shortest shot
+        return np.unique(np.concatenate([[0], sig.frame_index[boundaries(sig.probs, min_gap_frames=gap)]])).astype(np.int64)
     if detector != "sampled" and sig is not None and len(sig.frame_index):
         return detect_cuts(sig, video.fps)
     starts = detect_shots(video.features, video.timestamps)

@@ -160,6 +160,7 @@ def _suppress(
 
 
 WINDOW_S = 1.0  # the soft-transition detector's window on either side of a boundary
+MIN_SHOT_S = 1.0  # no shot is shorter (a boundary nearer one or the video's ends is dropped)
 LAG_S = 0.25  # the step of the "how busy is it" signal: what sampling at 4 fps would see
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -35,6 +36,26 @@ from operators.transnet import TransNetV2Detector, pad_context
 
 log = logging.getLogger("framesift")
 
+
+
+def _with_thumb_context(chunks: Iterator[SampledChunk], on: bool) -> Iterator[tuple[SampledChunk, dict]]:
+    """Each chunk with the ChunkRow fields TransNetStage needs to run it alone (the
+    neighbours' thumbnails, `transnet.with_context`), or with none when `on` is False."""
+    if not on:
+        for chunk in chunks:
+            yield chunk, {}
+        return
+    from operators.transnet import with_context
+
+    held: deque[SampledChunk] = deque()
+
+    def thumbs() -> Iterator[np.ndarray]:
+        for chunk in chunks:
+            held.append(chunk)
+            yield chunk.thumbs
+
+    for before, _, after, start in with_context(thumbs()):
+        yield held.popleft(), {"thumbs_before": before, "thumbs_after": after, "thumb_start": int(start)}
 
 
 class DecodeStage:
@@ -64,15 +85,16 @@ class DecodeStage:
         self.carry_frames = carry_frames
 
     @staticmethod
-    def resources(shape: ClusterShape, with_model: bool = True) -> Resources:
+    def resources(shape: ClusterShape, with_model: bool = True, beside: Resources | None = None) -> Resources:
         """One decode task's request. Beside GPU actors (or with no model) a whole CPU.
         Beside a CPU actor, which reserves all but one core, a share of the core left, so
         that one decode task per core runs and fills the time the model leaves. Declaring
         memory also keeps Ray Data from fusing decode into a CPU actor of the same CPU count,
-        which would run decode and model in series."""
+        which would run decode and model in series. `beside`: another actor on the node's
+        CPUs (a CPU TransNetV2 actor), whose share the decode tasks leave too."""
         if shape.embed_on_gpu or not with_model:
             return Resources(cpus=1.0, memory=DecodeStage.MEMORY)
-        spare = shape.node_cpus - EmbedStage.resources(shape).cpus
+        spare = shape.node_cpus - EmbedStage.resources(shape).cpus - (beside.cpus if beside and not beside.gpus else 0)
         return Resources(cpus=spare / max(2, shape.node_cpus), memory=DecodeStage.MEMORY)
 
     def _row(self, src: dict, node_id: str, **values) -> ChunkRow:
@@ -89,7 +111,7 @@ class DecodeStage:
             row.signal_dist = row.signal_wdist = row.signal_ldist = np.zeros(0, np.float32)
         if self.sampling.keep_thumbs and row.thumbs is None:
             row.thumb_index = np.zeros(0, np.int64)
-            row.thumbs = np.zeros((0, 27, 48, 3), np.uint8)
+            row.thumbs = row.thumbs_before = row.thumbs_after = np.zeros((0, 27, 48, 3), np.uint8)
         return row
 
     @staticmethod
@@ -123,7 +145,7 @@ class DecodeStage:
                 chunks = sample_chunks(path, info, self.sampling, encode_images=self.encode_images if carry else None,
                                        image_max_side=self.image_max_side)
                 count = 0
-                for chunk in chunks:
+                for chunk, context in _with_thumb_context(chunks, self.sampling.keep_thumbs):
                     if chunk.images is not None:
                         self._keep_images(vid, count, chunk)
                     yield self._row(
@@ -131,7 +153,8 @@ class DecodeStage:
                         timestamps=chunk.timestamps, features=chunk.features, frames=chunk.frames,
                         group_of=chunk.group_of, decode_s=chunk.decode_s, features_s=chunk.features_s,
                         signal_index=chunk.signal_index, signal_dist=chunk.signal_dist,
-                        signal_wdist=chunk.signal_wdist, signal_ldist=chunk.signal_ldist, thumb_index=chunk.thumb_index, thumbs=chunk.thumbs,
+                        signal_wdist=chunk.signal_wdist, signal_ldist=chunk.signal_ldist, thumb_index=chunk.thumb_index,
+                        thumbs=chunk.thumbs, **context,
                         download_s=download_s if count == 0 else 0.0,
                         n_embed=len(chunk.frames) if chunk.frames is not None else len(chunk.features),
                     )
@@ -239,10 +262,11 @@ class TransNetStage:
 
     @staticmethod
     def resources(shape: ClusterShape) -> Resources:
-        """One actor's request: a GPU and a CPU to feed it (fp16 there); on CPUs one core."""
+        """One actor's request: a GPU and a CPU to feed it (fp16 there); on CPUs half a core (one
+        torch thread), so that decode tasks still fit beside a CPU embedding actor."""
         if shape.embed_on_gpu:
             return Resources(cpus=1.0, gpus=1.0)
-        return Resources(cpus=1.0)
+        return Resources(cpus=0.5)  # logical: beside a CPU embedding actor, decode needs room
 
     @staticmethod
     def device(shape: ClusterShape) -> str:
@@ -251,7 +275,7 @@ class TransNetStage:
 
     @staticmethod
     def threads(shape: ClusterShape) -> int | None:
-        """Torch threads of a CPU actor: the one core it asks for (None on a GPU)."""
+        """Torch threads of a CPU actor: one (None on a GPU)."""
         return None if shape.embed_on_gpu else 1
 
     @staticmethod

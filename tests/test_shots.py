@@ -87,3 +87,32 @@ def test_job_at_default_options_finds_the_labelled_cuts(shared_videos, tmp_path,
     starts = sorted(r["start_s"] for r in read_table(Storage(), str(out), "shots").to_pylist())[1:]
     assert len(starts) == len(truth), starts
     assert np.max(np.abs(np.array(starts) - truth)) <= 0.25, starts
+
+
+def test_in_process_transnetv2_equals_the_whole_video_at_once(cut_between_samples):
+    """The service's path: TransNetV2 over a video's chunks, streamed, as on the whole video."""
+    from operators.pipeline import with_transition_probs
+    from operators.transnet import TransNetV2Detector
+
+    info = probe_video(cut_between_samples)
+    opts = SamplingOptions(fps=1.0, chunk_frames=1, with_model=False, keep_thumbs=True)
+    chunks = list(sample_chunks(cut_between_samples, info, opts))
+    detector = TransNetV2Detector()
+    whole = detector.predict(np.concatenate([c.thumbs for c in chunks]))
+    streamed = with_transition_probs(chunks, detector)
+    assert np.allclose(np.concatenate([c.transition_probs for c in streamed]), whole, atol=1e-5)
+    video = SampledVideo.concat(streamed, [None] * len(streamed), info.duration_s, info.fps)
+    shots = select_video(video, SelectOptions(method="shots", k=4), shot_detector="transnetv2").shots
+    assert [s["start_frame_index"] for s in shots] == [0, 62]
+
+
+@pytest.mark.integration
+def test_job_with_transnetv2_records_it_and_finds_the_cuts(shared_videos, tmp_path, ray_local):
+    out = tmp_path / "out"
+    argv = [str(shared_videos / "Megamind.avi"), str(out), "--embedder", "features", "--shot-detector", "transnetv2"]
+    assert curate.main(argv) == 0
+    shots = read_table(Storage(), str(out), "shots").to_pylist()
+    assert {s["shot_detector"] for s in shots} == {"transnetv2"}
+    assert read_table(Storage(), str(out), "videos").to_pylist()[0]["shot_detector"] == "transnetv2"
+    starts = sorted(s["start_s"] for s in shots)[1:]
+    assert len(starts) == 3 and np.max(np.abs(np.array(starts) - [4.13, 6.46, 8.38])) <= 0.25, starts
