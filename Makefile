@@ -25,6 +25,14 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 # pip warns once per package that the local file:// indexes lack; drop that noise, keep errors.
 T = [$$(( $$(date +%s) - $$(cat $(VENV)/.install-started) )) s]
 HUSH := 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
+# The pins other than torch's are fetched by JOBS parallel `pip download`s into WHEELS (pip
+# fetches one file at a time and reads each package's index pages) while torch installs, then
+# installed in one go. --no-compile: Python compiles the modules it imports on first use instead
+# of pip compiling all ~19,000 files up front (~50 CPU-s, most never imported).
+JOBS := 2
+WHEELS := $(VENV)/.wheels
+# `name==version` lines of a lock or of pip list, names normalised (PyYAML_x -> pyyaml-x).
+PINS := awk -F'==' 'NF == 2 && !/^ *\#/ { n = tolower($$1); gsub(/[._]+/, "-", n); sub(/ .*/, "", $$2); print n "==" $$2 }'
 TORCH_RE := ^(torch|torchvision|triton|nvidia-[a-z0-9-]+|cuda-[a-z-]+)==
 
 .PHONY: demo test lint lock bench-quality bench-speed bench-serve serve clean
@@ -33,10 +41,16 @@ $(STAMP): pyproject.toml $(LOCK)
 	@if test -d $(VENV); then echo "[1/5] updating $(VENV) from $(LOCK)"; else echo "[1/5] creating $(VENV) ($$($(PY) --version))"; $(PY) -m venv $(VENV); fi
 	@date +%s > $(VENV)/.install-started
 	@$(BIN)/python -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || echo "      warning: $(LOCK) is pinned for Python 3.11; with another Python use: $(BIN)/pip install -e '.[test,bench]'"
-	@echo "[2/5] $(T) $(TORCH_PINS) and their CUDA libraries (large, ~1 min)"
-	@$(PIP) install --quiet --no-deps $$(grep -E '$(TORCH_RE)' $(LOCK)) $(HUSH)
-	@echo "[3/5] $(T) the other $$(grep -E '^[a-z0-9]' $(LOCK) | grep -cvE '$(TORCH_RE)') pins of $(LOCK) (ray, pyarrow, open_clip, moto, ...)"
-	@$(PIP) install --quiet --no-deps -r $(LOCK) $(HUSH)
+	@$(PIP) list --format=freeze | $(PINS) | sort > $(VENV)/.have; grep -E '^[a-z0-9]' $(LOCK) | $(PINS) | sort > $(VENV)/.want
+	@echo "[2/5] $(T) $(TORCH_PINS) and their CUDA libraries (large, ~1 min, from local disk), while $$(comm -23 $(VENV)/.want $(VENV)/.have | grep -cvE '$(TORCH_RE)') other pins download ($(JOBS) at a time)"
+	@rm -rf $(WHEELS); \
+	( $(PIP) install --quiet --no-deps --no-compile $$(grep -E '$(TORCH_RE)' $(VENV)/.want) $(HUSH) ) & torch=$$!; \
+	comm -23 $(VENV)/.want $(VENV)/.have | { grep -vE '$(TORCH_RE)' || true; } \
+	  | xargs -r -P $(JOBS) -n 8 $(PIP) download --quiet --no-deps --dest $(WHEELS) $(HUSH); fetched=$$?; \
+	wait $$torch && test $$fetched = 0
+	@echo "[3/5] $(T) installing them (ray, pyarrow, open_clip, moto, ...)"
+	@$(PIP) install --quiet --no-deps --no-compile --no-index --find-links $(WHEELS) -r $(LOCK) $(HUSH)
+	@rm -rf $(WHEELS) $(VENV)/.have $(VENV)/.want
 	@echo "[4/5] $(T) framesift itself (editable)"
 	@$(PIP) install --quiet --no-deps --no-build-isolation -e . $(HUSH)
 	@echo "[5/5] $(T) pip check"

@@ -7,6 +7,7 @@ the one its timestamp names.
 
 from __future__ import annotations
 
+import ast
 import os
 from dataclasses import dataclass
 from fractions import Fraction
@@ -43,6 +44,12 @@ STEADY_CLIPS: list[tuple[str, float, float]] = [
     ("cockatoo.mp4", 0.0, 14.0),
 ]
 TRANSITIONS = ("fade", "dissolve", "wipeleft", "pixelize")
+# The harder set's transitions (ffmpeg xfade names): cross-dissolve, particle dissolve, fade
+# through black, wipe, iris, pixelation, clock wipe, zoom; each at every one of the durations.
+HARDER_TRANSITIONS = ("fade", "dissolve", "fadeblack", "wipeleft", "circleopen", "pixelize",
+                      "radial", "zoomin")
+HARDER_DURATIONS = (0.5, 1.0, 1.5, 2.0)
+STEADY_S = 2.0  # the harder set's still part of every shot, between its transitions
 WIDTH, HEIGHT, FPS = 320, 240, 25
 
 
@@ -53,6 +60,7 @@ class SoftVideo:
     path: str
     boundaries: list[float]
     transitions: list[str]
+    durations: tuple[float, ...] = ()  # of each transition, seconds (empty: DURATION_S each)
 
 
 def read_clip(path: str, start_s: float, dur_s: float, fps: float = FPS,
@@ -62,19 +70,32 @@ def read_clip(path: str, start_s: float, dur_s: float, fps: float = FPS,
     Decodes sequentially with PyAV and takes the source frame nearest each output instant.
     Returns uint8 (m, H, W, 3) RGB.
     """
+    return read_times(path, start_s + np.arange(int(round(dur_s * fps))) / fps, size)
+
+
+def read_times(path: str, times: np.ndarray, size: tuple[int, int] = (WIDTH, HEIGHT)) -> np.ndarray:
+    """The source frames of ``path`` nearest each of the ascending ``times`` (seconds),
+    resized to ``size`` (width, height); a source frame repeats when times are denser than
+    the source's frames and frames are skipped when they are sparser (fast playback).
+    Decodes sequentially with PyAV. Returns uint8 (len(times), H, W, 3) RGB.
+    """
+    want = np.asarray(times, dtype=np.float64)
     container = av.open(path)
     stream = container.streams.video[0]
     rate = float(stream.average_rate)
-    want = start_s + np.arange(int(round(dur_s * fps))) / fps
     out: list[np.ndarray] = []
     for i, frame in enumerate(container.decode(stream)):
         t = i / rate
+        img = None
         while len(out) < len(want) and t + 0.5 / rate >= want[len(out)]:
-            out.append(cv2.resize(frame.to_ndarray(format="rgb24"), size,
-                                  interpolation=cv2.INTER_AREA))
+            if img is None:
+                img = cv2.resize(frame.to_ndarray(format="rgb24"), size, interpolation=cv2.INTER_AREA)
+            out.append(img)
         if len(out) == len(want):
             break
     container.close()
+    if len(out) < len(want):
+        raise ValueError(f"{path} ends before {want[len(out)]:.2f} s")
     return np.stack(out)
 
 
@@ -165,6 +186,168 @@ def soft_transition_set(workdir: str, n_videos: int = 8, clips_per_video: int = 
             os.replace(path + ".part.mp4", path)
         videos.append(SoftVideo(path, bounds, kinds))
     return videos
+
+
+def _pick(rng: np.random.Generator, need_s: float, avoid: str | None) -> tuple[str, float]:
+    """A random (file, start) of ``need_s`` seconds inside one steady stretch, from a file
+    other than ``avoid``."""
+    fits = [c for c in STEADY_CLIPS if c[2] - c[1] >= need_s and c[0] != avoid]
+    name, lo, hi = fits[int(rng.integers(len(fits)))]
+    return name, float(rng.uniform(lo, hi - need_s))
+
+
+def harder_transition_set(workdir: str, n_videos: int = len(HARDER_TRANSITIONS),
+                          seed: int = 0) -> list[SoftVideo]:
+    """Make (or reuse from ``workdir``) videos of real clips joined by long and varied
+    transitions: each video joins five shots with four xfade transitions, transition j of
+    video v of kind HARDER_TRANSITIONS[(v + j) % 8] and HARDER_DURATIONS[(j + 2 v) % 4]
+    seconds long (0.5-2 s), so that with the default eight videos every kind appears once at
+    every duration. Every shot
+    holds STEADY_S seconds outside its transitions and comes from a steady stretch of a
+    real video other than its neighbour's. The boundary of a transition is its middle.
+    """
+    os.makedirs(workdir, exist_ok=True)
+    rng = np.random.default_rng(seed + 1000)
+    videos = []
+    for v in range(n_videos):
+        kinds = [HARDER_TRANSITIONS[(v + j) % len(HARDER_TRANSITIONS)] for j in range(len(HARDER_DURATIONS))]
+        durs = [HARDER_DURATIONS[(j + 2 * v) % len(HARDER_DURATIONS)] for j in range(len(kinds))]
+        lengths = [a + b + STEADY_S for a, b in zip([0.0, *durs], [*durs, 0.0], strict=True)]
+        plan: list[tuple[str, float]] = []
+        for need in lengths:
+            plan.append(_pick(rng, need, plan[-1][0] if plan else None))
+        name = "-".join(f"{k}{d:g}" for k, d in zip(kinds, durs, strict=True))
+        path = os.path.join(workdir, f"harder_{v}_{name}_{seed}.mp4")
+        bounds, frames_so_far = [], int(round(lengths[0] * FPS))
+        for d, length in zip(durs, lengths[1:], strict=True):
+            bounds.append(frames_so_far / FPS - d / 2)
+            frames_so_far += int(round(length * FPS)) - int(round(d * FPS))
+        if not os.path.exists(path):
+            joined = read_clip(str(VIDEOS_DIR / plan[0][0]), plan[0][1], lengths[0])
+            for (src, start), length, kind, d in zip(plan[1:], lengths[1:], kinds, durs, strict=True):
+                joined = xfade(joined, read_clip(str(VIDEOS_DIR / src), start, length), kind, d)
+            write_video(path + ".part.mp4", joined)
+            os.replace(path + ".part.mp4", path)
+        videos.append(SoftVideo(path, bounds, kinds, tuple(durs)))
+    return videos
+
+
+@dataclass(frozen=True)
+class NegativeVideo:
+    """A made video of one continuous shot with events that are no cut: its path, the kind
+    of event (pan, zoom, 8x, flash) and the (start_s, end_s) of each event."""
+
+    path: str
+    kind: str
+    events: list[tuple[float, float]]
+
+
+def _smooth(u: np.ndarray) -> np.ndarray:
+    """Smoothstep of ``u`` clipped to [0, 1]: a camera move that eases in and out."""
+    u = np.clip(u, 0.0, 1.0)
+    return u * u * (3.0 - 2.0 * u)
+
+
+def _crops(big: np.ndarray, x0: np.ndarray, y0: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Per frame, the crop of ``big`` (m, BH, BW, 3) of ``scale`` x its size whose top-left
+    is at fractions ``x0``, ``y0`` of the free margin, resized to WIDTH x HEIGHT."""
+    bh, bw = big.shape[1:3]
+    out = []
+    for img, fx, fy, s in zip(big, x0, y0, scale, strict=True):
+        w, h = max(8, int(round(bw * s))), max(8, int(round(bh * s)))
+        left, top = int(round((bw - w) * fx)), int(round((bh - h) * fy))
+        out.append(cv2.resize(img[top : top + h, left : left + w], (WIDTH, HEIGHT),
+                              interpolation=cv2.INTER_AREA))
+    return np.stack(out)
+
+
+def _pan(src: str, start: float, dur: float, moves: list[tuple[float, float]]) -> tuple[np.ndarray, list]:
+    """A clip seen through a window half its size that whips across it: one move per
+    (start_s, length_s) of ``moves``, alternating left-to-right and back."""
+    big = read_clip(src, start, dur, size=(2 * WIDTH, 2 * HEIGHT))
+    t = np.arange(len(big)) / FPS
+    x = np.zeros(len(big))
+    for j, (a, length) in enumerate(moves):
+        step = _smooth((t - a) / length)
+        x = np.where(t >= a, step if j % 2 == 0 else 1.0 - step, x)
+    return _crops(big, x, np.full(len(big), 0.5), np.full(len(big), 0.5)), [(a, a + n) for a, n in moves]
+
+
+def _zoom(src: str, start: float, dur: float, moves: list[tuple[float, float]]) -> tuple[np.ndarray, list]:
+    """A clip with fast zooms: one move per (start_s, length_s) of ``moves``, alternating
+    in to 0.35 of the frame and back out."""
+    big = read_clip(src, start, dur, size=(2 * WIDTH, 2 * HEIGHT))
+    t = np.arange(len(big)) / FPS
+    s = np.ones(len(big))
+    for j, (a, length) in enumerate(moves):
+        step = _smooth((t - a) / length)
+        s = np.where(t >= a, 1.0 - 0.65 * step if j % 2 == 0 else 0.35 + 0.65 * step, s)
+    half = np.full(len(big), 0.5)
+    return _crops(big, half, half, s), [(a, a + n) for a, n in moves]
+
+
+def _fast(src: str, start: float, before_s: float, fast_s: float, after_s: float,
+          speed: float = 8.0) -> tuple[np.ndarray, list]:
+    """A continuous stretch played at 1x for ``before_s``, at ``speed`` x for ``fast_s``
+    (output seconds) and at 1x again for ``after_s``: no jump in time, only in speed."""
+    out_t = np.arange(int(round((before_s + fast_s + after_s) * FPS))) / FPS
+    rate = np.where((out_t >= before_s) & (out_t < before_s + fast_s), speed, 1.0)
+    src_t = start + np.concatenate([[0.0], np.cumsum(rate[:-1]) / FPS])
+    return read_times(src, src_t), [(before_s, before_s + fast_s)]
+
+
+def _flash(src: str, start: float, dur: float, at: list[float],
+           levels: tuple[float, ...] = (0.95, 0.9, 0.6, 0.3)) -> tuple[np.ndarray, list]:
+    """A clip with camera flashes: from each time in ``at``, a few frames blended towards
+    white by ``levels`` (the flash and its decay), cycling through 1, 2 and 4 frames."""
+    frames = read_clip(src, start, dur).astype(np.float32)
+    events = []
+    for j, a in enumerate(at):
+        n = (1, 2, 4)[j % 3]
+        i0 = int(round(a * FPS))
+        for k, level in enumerate(levels[:n]):
+            frames[i0 + k] = frames[i0 + k] * (1.0 - level) + 255.0 * level
+        events.append((a, a + n / FPS))
+    return np.clip(frames, 0, 255).astype(np.uint8), events
+
+
+# Hard negatives from steady stretches of the real videos: (kind, maker, source, start_s, args).
+NEGATIVES: list[tuple[str, str, float, tuple]] = [
+    ("pan", "big_buck_bunny_0_30.webm", 3.0, (8.0, [(2.0, 0.5), (5.0, 0.7)])),
+    ("pan", "cockatoo.mp4", 2.0, (8.0, [(2.5, 0.6), (5.5, 0.5)])),
+    ("zoom", "vtest.avi", 10.0, (8.0, [(2.0, 0.6), (5.0, 0.5)])),
+    ("zoom", "cockatoo.mp4", 5.0, (8.0, [(2.0, 0.5), (5.0, 0.6)])),
+    ("8x", "vtest.avi", 20.0, (2.0, 4.0, 2.0)),
+    ("8x", "cockatoo.mp4", 0.5, (2.0, 1.0, 2.5)),
+    ("flash", "vtest.avi", 60.0, (8.0, [2.0, 4.0, 6.0])),
+    ("flash", "big_buck_bunny_0_30.webm", 3.2, (8.0, [1.8, 3.6, 5.4])),
+]
+NEGATIVE_KINDS = ("pan", "zoom", "8x", "flash")
+
+
+def motion_flash_set(workdir: str) -> list[NegativeVideo]:
+    """Make (or reuse from ``workdir``) one-shot videos from steady stretches of the real
+    videos with events a shot detector must not take for cuts (NEGATIVES): fast whip pans
+    and fast zooms over real footage, real footage played at 8x for a while, and camera
+    flashes of 1-4 frames of near-white. Events are returned with each video (their times
+    are recomputed cheaply; the pixels are made once).
+    """
+    os.makedirs(workdir, exist_ok=True)
+    makers = {"pan": _pan, "zoom": _zoom, "8x": _fast, "flash": _flash}
+    out = []
+    for i, (kind, src, start, args) in enumerate(NEGATIVES):
+        path = os.path.join(workdir, f"negative_{i}_{kind}_{os.path.splitext(src)[0]}.mp4")
+        events_path = path + ".events"
+        if not (os.path.exists(path) and os.path.exists(events_path)):
+            frames, events = makers[kind](str(VIDEOS_DIR / src), start, *args)
+            write_video(path + ".part.mp4", frames)
+            with open(events_path, "w") as f:
+                f.write(repr([(round(a, 3), round(b, 3)) for a, b in events]))
+            os.replace(path + ".part.mp4", path)
+        with open(events_path) as f:
+            events = [tuple(e) for e in ast.literal_eval(f.read())]
+        out.append(NegativeVideo(path, kind, events))
+    return out
 
 
 def splice_needle(host: np.ndarray, needle: np.ndarray, at: int) -> np.ndarray:

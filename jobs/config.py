@@ -16,6 +16,8 @@ from operators import defaults
 
 EMBEDDERS = ("auto", "clip", "features")
 IMAGE_FORMATS = ("jpeg", "webp")
+OUTPUT_FORMATS = ("files", "webdataset")
+CLIP_MODES = ("selected", "shots")
 
 
 class ConfigError(ValueError):
@@ -100,6 +102,14 @@ class CurateConfig:
         metadata={"help": "precision of the CLIP towers: auto (fp16 on GPU; bf16 on CPUs with "
                   "native bf16, about 3.5x fp32 there; else fp32), fp32, bf16 or fp16 (GPU only)"},
     )
+    shot_detector: str = field(
+        default=defaults.SHOT_DETECTOR,
+        metadata={"help": "shot boundaries from every source frame, independent of --fps: features "
+                  "(training-free, on the decoder's thumbnails), transnetv2 (the learned model, "
+                  "its own actor stage, a GPU per actor when there are GPUs), auto (features), "
+                  "or sampled (the cheapest: only the --fps samples, so cuts between them can be "
+                  "missed)"},
+    )
     embed_device: str = field(
         default="auto",
         metadata={"help": "auto (GPU actors when the cluster has GPUs at start), gpu (always one "
@@ -117,6 +127,42 @@ class CurateConfig:
     max_inflight_videos: int = field(
         default=8, metadata={"help": "videos being selected + written at once"}
     )
+    clips: bool = field(
+        default=False,
+        metadata={"help": "cut every clip window into OUTPUT/clips/<video_id>/<start_ms>-<end_ms>.mp4 "
+                  "(frame-exact: stream copy when the cut is on a keyframe, H.264 re-encode otherwise); "
+                  "each clip is a manifest row of kind 'clip'"},
+    )
+    clip_mode: str = field(
+        default="selected",
+        metadata={"help": "selected (the windows of the selected frames: the method's clips, else "
+                  "the piece of the frame's shot) or shots (every shot of at least --clip-min-s, "
+                  "long shots split into --clip-max-s pieces, as NeMo Curator splits them)"},
+    )
+    clip_min_s: float = field(default=2.0, metadata={"help": "--clip-mode shots: shortest clip, seconds"})
+    clip_max_s: float = field(
+        default=10.0, metadata={"help": "longest clip, seconds: longer shots are split into pieces"}
+    )
+    clip_transcode: str | None = field(
+        default=None, metadata={"help": "re-encode every clip to this training height, e.g. 720p"}
+    )
+    clip_fps: float | None = field(
+        default=None, metadata={"help": "re-encode every clip at this frame rate (never above the source's)"}
+    )
+    no_audio: bool = field(default=False, metadata={"help": "drop the sound from clips (kept, as AAC, by default)"})
+    format: str = field(
+        default="files",
+        metadata={"help": "files (frames/, clips/ and Parquet tables) or webdataset (the same, plus "
+                  "OUTPUT/shards/shard-*.tar: one sample per selected frame or clip with its .json)"},
+    )
+    shard_size_mb: float = field(
+        default=512.0, metadata={"help": "--format webdataset: shards roll over at about this many MB"}
+    )
+    compact_every: int = field(
+        default=1000,
+        metadata={"help": "gather the tables' per-video files into shards every N committed "
+                  "videos and at the end of the run (0 = never; framesift-compact OUTPUT later)"},
+    )
 
     def validate(self) -> CurateConfig:
         """Check every value; returns self, raises ConfigError naming the bad one."""
@@ -127,6 +173,9 @@ class CurateConfig:
         if not (self.fps > 0):
             raise ConfigError(f"--fps must be > 0, got {self.fps}")
         self.k = parse_k(self.k)
+        if self.shot_detector not in defaults.SHOT_DETECTORS:
+            raise ConfigError(f"--shot-detector must be one of {', '.join(defaults.SHOT_DETECTORS)}, "
+                              f"got {self.shot_detector!r}")
         if self.embedder not in EMBEDDERS:
             raise ConfigError(f"--embedder must be one of {', '.join(EMBEDDERS)}, got {self.embedder!r}")
         if self.image_format == "jpg":
@@ -143,11 +192,14 @@ class CurateConfig:
             raise ConfigError("--chunk-frames, --embed-batch-size, --max-inflight-videos must be >= 1")
         if not 0.0 < self.cascade_ratio <= 1.0:
             raise ConfigError("--cascade-ratio must be in (0, 1]")
+        if self.compact_every < 0:
+            raise ConfigError(f"--compact-every must be >= 0, got {self.compact_every}")
         if self.limit is not None and self.limit < 1:
             raise ConfigError("--limit must be >= 1")
         if self.dedup_threshold is not None and not -1.0 <= self.dedup_threshold <= 1.0:
             raise ConfigError("--dedup-threshold is a cosine similarity in [-1, 1]")
         self.embed_concurrency = parse_concurrency(self.embed_concurrency)
+        self._validate_clips()
         from operators.precision import EMBED_DTYPES
 
         if self.embed_dtype not in EMBED_DTYPES:
@@ -165,6 +217,29 @@ class CurateConfig:
         if self.query and self.embedder == "features":
             raise ConfigError("--query (text) needs --embedder clip; use --query-image with features")
         return self
+
+    def _validate_clips(self) -> None:
+        if self.clip_mode not in CLIP_MODES:
+            raise ConfigError(f"--clip-mode must be selected or shots, got {self.clip_mode!r}")
+        if not self.clip_min_s >= 0 or not self.clip_max_s > 0 or self.clip_min_s > self.clip_max_s:
+            raise ConfigError("--clip-min-s and --clip-max-s must satisfy 0 <= min <= max, max > 0")
+        if self.clip_transcode is not None:
+            self.clip_transcode_height()
+        if self.clip_fps is not None and not self.clip_fps > 0:
+            raise ConfigError(f"--clip-fps must be > 0, got {self.clip_fps}")
+        if self.format not in OUTPUT_FORMATS:
+            raise ConfigError(f"--format must be files or webdataset, got {self.format!r}")
+        if not self.shard_size_mb > 0:
+            raise ConfigError(f"--shard-size-mb must be > 0, got {self.shard_size_mb}")
+
+    def clip_transcode_height(self) -> int | None:
+        """The height of --clip-transcode HEIGHTp (720p -> 720), None when not set."""
+        if self.clip_transcode is None:
+            return None
+        text = str(self.clip_transcode).strip().lower().removesuffix("p")
+        if not text.isdigit() or not 16 <= int(text) <= 4320:
+            raise ConfigError(f"--clip-transcode must be HEIGHTp (16p..4320p), e.g. 720p; got {self.clip_transcode!r}")
+        return int(text)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> CurateConfig:

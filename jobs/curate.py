@@ -25,20 +25,32 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from jobs.compact import RunCompactor
 from jobs.config import ConfigError, CurateConfig
 from jobs.tally import RunTally
 from operators.assemble import VideoAssembler
 from operators.chunk_row import ChunkRow
 from operators.finalize import FinalizeSettings, finalize_resources, finalize_video
-from operators.pipeline import SamplingOptions, SelectOptions, cascade_candidates, query_vector
+from operators.pipeline import (
+    SamplingOptions,
+    SelectOptions,
+    cascade_candidates,
+    query_vector,
+    sampling_for_detector,
+    shot_detector_for,
+)
 from operators.process import lower_priority
 from operators.resources import ClusterShape, Resources, cluster_shape
-from operators.sources import VIDEO_EXTENSIONS, done_ids, has_inputs, plan_listing
+from operators.sources import VIDEO_EXTENSIONS, done_ids, has_inputs, listed_parts, plan_listing
 from operators.storage import Storage, StorageError, check_writable
-from operators.write import encode_image, write_report
+from operators.write import encode_image, read_table, write_report
+
+if TYPE_CHECKING:
+    from operators.clips import ClipSettings
 
 log = logging.getLogger("framesift")
 LISTING_TASKS = 4  # listing parts listed at once
@@ -98,7 +110,8 @@ def _coerce(f: dataclasses.Field, value):
     if isinstance(value, bool) or f.name in ("k", "embed_concurrency"):
         return value
     default = f.default
-    kinds = {"fps": float, "dedup_threshold": float, "cascade_ratio": float}
+    kinds = {"fps": float, "dedup_threshold": float, "cascade_ratio": float, "clip_min_s": float,
+             "clip_max_s": float, "clip_fps": float, "shard_size_mb": float}
     if f.name in kinds:
         conv = kinds[f.name]
     elif isinstance(default, int) or f.name in ("limit", "max_side", "max_frames_per_video"):
@@ -153,19 +166,23 @@ class StagePlan:
     embed_concurrency: int | tuple[int, int] | None
     embed_threads: int | None
     finalize: Resources
+    shots: Resources | None = None  # the TransNetV2 stage's actors (None: no such stage)
+    shots_concurrency: int | tuple[int, int] | None = None
 
 
 def plan_stages(shape: ClusterShape, cfg: CurateConfig, with_model: bool = True) -> StagePlan:
     """Each stage's resources on a cluster of `shape` for the run `cfg` describes."""
-    from operators.stages import DecodeStage, EmbedStage
+    from operators.stages import DecodeStage, EmbedStage, TransNetStage
 
-    decode = DecodeStage.resources(shape, with_model)
+    shots = TransNetStage.resources(shape) if shot_detector_for(cfg.shot_detector) == "transnetv2" else None
+    decode = DecodeStage.resources(shape, with_model, beside=shots)
     embed = EmbedStage.resources(shape) if with_model else None
     return StagePlan(
         shape=shape, decode=decode, embed=embed,
         embed_concurrency=EmbedStage.concurrency(shape, cfg.embed_concurrency) if with_model else None,
         embed_threads=EmbedStage.threads(shape) if with_model else None,
-        finalize=finalize_resources(shape, decode, embed),
+        finalize=finalize_resources(shape, decode, embed, clips=cfg.clips, beside=shots),
+        shots=shots, shots_concurrency=TransNetStage.concurrency(shape) if shots else None,
     )
 
 
@@ -180,6 +197,7 @@ def sampling_options(cfg: CurateConfig, spec) -> SamplingOptions:
         fps=cfg.fps, size=spec.image_size, chunk_frames=cfg.chunk_frames,
         max_frames=cfg.max_frames_per_video, cascade_ratio=None if cfg.dense else cfg.cascade_ratio,
         min_candidates=cascade_candidates(cfg.k), with_model=spec.kind == "clip",
+        **sampling_for_detector(shot_detector_for(cfg.shot_detector)),
     )
 
 
@@ -211,10 +229,12 @@ def query_embedding(cfg: CurateConfig, spec) -> np.ndarray | None:
         raise ConfigError(f"cannot read --query-image {cfg.query_image!r}: {exc}") from exc
 
 
-def preflight(cfg: CurateConfig, storage: Storage):
+def preflight(cfg: CurateConfig, storage: Storage, list_now: bool = False):
     """Everything that can fail before work starts: find INPUT and cut its listing into
     parts (without listing it), check it holds a video, check OUTPUT is writable, resolve
-    the embedder's weights. Returns (listing parts, embedder spec)."""
+    the embedder's weights. Returns (listing parts, embedder spec). With `list_now` the
+    parts are listed here and the run takes their sources as listed (`listed_parts`; small
+    inputs only: a test that changes a source between listing and decoding)."""
     from operators.weights import resolve_embedder
 
     extensions = None if cfg.all_files else VIDEO_EXTENSIONS
@@ -223,6 +243,8 @@ def preflight(cfg: CurateConfig, storage: Storage):
         raise JobError(f"INPUT {cfg.input!r} holds no videos")
     check_writable(storage, cfg.output)
     spec = resolve_embedder(cfg.embedder, cfg.model, cfg.pretrained, cfg.weights)
+    if list_now:
+        parts = listed_parts(storage, parts, cfg.limit)
     return parts, spec
 
 
@@ -264,6 +286,18 @@ def build_dataset(ray, cfg: CurateConfig, storage: Storage, parts: list, spec, p
         batch_format="numpy",
         **plan.decode.ray_options(),
     )
+    if plan.shots is not None:
+        from operators.stages import TransNetStage
+
+        ds = ds.map_batches(
+            TransNetStage,
+            fn_constructor_kwargs={"device": TransNetStage.device(plan.shape),
+                                   "num_threads": TransNetStage.threads(plan.shape)},
+            batch_size=4,  # chunk rows: each brings its frames' 100-frame windows
+            batch_format="numpy",
+            compute=_actor_pool(plan.shots_concurrency),
+            **plan.shots.ray_options(),
+        )
     if plan.embed is not None:
         ds = ds.map_batches(
             EmbedStage,
@@ -298,22 +332,25 @@ def _actor_pool(concurrency: int | tuple[int, int]):
     return ray.data.ActorPoolStrategy(min_size=concurrency[0], max_size=concurrency[1])
 
 
-def run(cfg: CurateConfig) -> dict:
+def run(cfg: CurateConfig, listed: tuple | None = None) -> dict:
     """Run the curation job for a validated config; returns the run report (also written to
     OUTPUT/report.json, also when the run is interrupted). Raises JobError / StorageError /
-    WeightsError before any work when the run cannot start.
+    WeightsError before any work when the run cannot start. `listed` is `preflight`'s answer
+    when the caller made it already (`preflight(..., list_now=True)`: a test that changes a
+    source between listing and decoding).
 
     The driver holds no per-video state beyond the videos in flight: the listing streams
     through the dataset (paced by a ListingPacer actor), the committed ids live in the
     object store, and the report is aggregated as videos finish (RunTally)."""
     started = time.time()
     storage = Storage(endpoint_url=cfg.s3_endpoint)
-    parts, spec = preflight(cfg, storage)
+    parts, spec = listed or preflight(cfg, storage)
     log.info("embedder: %s; INPUT listed in %d part(s)", spec.name, len(parts))
     settings = FinalizeSettings(
         storage=storage, output=cfg.output, select=select_options(cfg), embedder=spec.name,
+        shot_detector=shot_detector_for(cfg.shot_detector),
         image_format=cfg.image_format, image_quality=cfg.image_quality, max_side=cfg.max_side,
-        query=query_embedding(cfg, spec),
+        query=query_embedding(cfg, spec), clips=clip_settings(cfg), webdataset=cfg.format == "webdataset",
     )
     ray = init_ray(cfg)
     lower_priority(cfg.driver_niceness)  # after Ray's local daemons have started
@@ -327,7 +364,12 @@ def run(cfg: CurateConfig) -> dict:
             cfg, spec.name, skipped=listing.get("skipped", 0), wall=time.time() - started,
             listing=listing, assembler=loop.assembler_stats(), interrupted=not loop.completed,
         )
-        write_report(storage, cfg.output, report)
+        if loop.shards is not None:
+            report["shards"] = loop.shards
+        if loop.completed:
+            finish_output(storage, cfg, report)
+        else:  # interrupted: the report only; the next run compacts and rolls what is left
+            write_report(storage, cfg.output, report)
     if listing.get("listed", 1) == 0:
         raise JobError(f"INPUT {cfg.input!r} holds no videos")
     return report
@@ -343,7 +385,9 @@ def finalize_here(payload, settings) -> tuple[dict, str]:
 class RunLoop:
     """The driver's loop: chunk rows from the dataset into the assembler, each complete
     video to a finalize task on the node that cached its source, the rows it commits into
-    the tally; it tells the pacer how many videos have reached it."""
+    the tally, the shard roller (--format webdataset) and the run's compactor; it tells the
+    pacer how many videos have reached it. After the loop it rolls the last shards
+    (`shards`: `ShardRoller.finish`'s answer, None without webdataset)."""
 
     PROGRESS_EVERY = 32  # videos between reports to the pacer (<< its window)
 
@@ -359,6 +403,13 @@ class RunLoop:
         self._inflight: dict = {}  # finalize ObjectRef -> (video_id, source_uri, source node)
         self._last_log = time.time()
         self._given_up_seen = 0
+        self.roller = None
+        self.compactor = None
+        self.shards: dict | None = None
+        if cfg.format == "webdataset":
+            from operators.shards import ShardRoller
+
+            self.roller = ShardRoller(storage, cfg.output, int(cfg.shard_size_mb * 2**20))
         here = ray.get_runtime_context().get_node_id()
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -392,6 +443,9 @@ class RunLoop:
         plan = stage_plan(ray, cfg, self.spec.kind == "clip")
         self.finalize = ray.remote(max_retries=2, **plan.finalize.ray_options())(finalize_here)
         self.settings_ref = ray.put(self.settings)
+        if self.roller is not None:
+            self.roller.bind(ray, **plan.finalize.ray_options())
+        self.compactor = RunCompactor(ray, self.storage, cfg.output, cfg.compact_every, plan.finalize.ray_options())
         done_ref = ray.remote(num_cpus=0)(done_ids).remote(self.storage, cfg.output, cfg.retry_failed)
         ds = build_dataset(ray, cfg, self.storage, parts, self.spec, plan, done_ref=done_ref, pacer=self.pacer)
         for chunk in ds.iter_rows():
@@ -410,9 +464,12 @@ class RunLoop:
                 self._drain(cfg.max_inflight_videos)
         self._progress()
         self._drain(0)
+        self.compactor.wait()
         for vid, uri in self.assembler.pending_videos():
             log.error("%s (%s) never received all its chunks; not committed, a re-run processes it", vid, uri)
         self.tally.uncommitted += self.assembler.pending + len(self.assembler.given_up)
+        if self.roller is not None:
+            self.shards = self.roller.finish(lambda: done_video_ids(self.storage, cfg.output))
         self.completed = True
 
     def _take_given_up(self) -> list:
@@ -437,11 +494,52 @@ class RunLoop:
                 self.tally.uncommitted += 1
                 continue
             self.tally.add(row, source_node=node, ran_on=ran_on)
+            if self.roller is not None:
+                self.roller.committed(row)
+            self.compactor.committed(row["video_id"])
             log.debug("%s %s %s", row["status"], row["video_id"], row["source_uri"])
             if time.time() - self._last_log > 10:
                 log.info("videos finished: %d (%d received, %d in flight)", self.tally.finished,
                          self.started_videos, self.assembler.pending)
                 self._last_log = time.time()
+
+
+def done_video_ids(storage: Storage, output: str) -> set[str]:
+    """The videos committed done in OUTPUT."""
+    return {r["video_id"] for r in read_table(storage, output, "videos").to_pylist() if r["status"] == "done"}
+
+
+def clip_settings(cfg: CurateConfig) -> ClipSettings | None:
+    """The run's ClipSettings (--clips and its options), or None without --clips."""
+    if not cfg.clips:
+        return None
+    from operators.clips import ClipError, ClipOptions, ClipSettings, h264_encoder
+
+    try:
+        h264_encoder()  # every re-encoded clip needs it: say so before any work
+    except ClipError as exc:
+        raise ConfigError(f"--clips: {exc}") from exc
+    options = ClipOptions(height=cfg.clip_transcode_height(), fps=cfg.clip_fps, audio=not cfg.no_audio)
+    return ClipSettings(mode=cfg.clip_mode, min_s=cfg.clip_min_s, max_s=cfg.clip_max_s, options=options)
+
+
+def finish_output(storage: Storage, cfg: CurateConfig, report: dict) -> None:
+    """The end of a run: compact the tables (unless --compact-every 0), write report.json
+    and report.html. Everything is committed already, so a failure here is logged, not
+    raised: `framesift-compact OUTPUT` / `python -m jobs.report OUTPUT` redo either part."""
+    from operators.compact import compact_output
+    from operators.report import write_html_report
+
+    if cfg.compact_every:
+        try:
+            report["compaction"] = compact_output(storage, cfg.output)
+        except Exception as exc:  # noqa: BLE001 - the data is committed; compaction can be redone
+            log.error("compacting %s failed (run framesift-compact on it): %s", cfg.output, exc)
+    write_report(storage, cfg.output, report)
+    try:
+        write_html_report(storage, cfg.output)
+    except Exception as exc:  # noqa: BLE001 - the data is committed; the report can be redone
+        log.error("writing report.html failed (run python -m jobs.report on OUTPUT): %s", exc)
 
 
 def _finalize_placement(payload) -> dict:

@@ -60,7 +60,10 @@ from operators.pipeline import (
     propagate,
     query_vector,
     sample_chunks,
+    sampling_for_detector,
     select_video,
+    shot_detector_for,
+    with_transition_probs,
 )
 from operators.process import freeze_startup_objects
 from operators.select import METHODS, method_names
@@ -303,6 +306,7 @@ def build_answer(job: Job, info: VideoInfo, capped: bool, result: VideoSelection
             "sample_fps": job.fps, "frames_capped": capped,
         },
         "method": job.method, "k": int(result.selection.k), "k_requested": job.k, "embedder": embedder,
+        "shot_detector": result.shot_detector,
         "query": "text" if job.req.query else ("image" if job.query_image else None),
         "frames": frames, "shots": result.shots, "clips": result.clips if job.req.clips else None,
         "timings_s": timings,
@@ -318,11 +322,11 @@ def _frames_in(chunks: list[np.ndarray]) -> int:
     return int(sum(len(c) for c in chunks))
 
 
-def _select(video: SampledVideo, job: Job, query: np.ndarray | None) -> VideoSelection:
+def _select(video: SampledVideo, job: Job, query: np.ndarray | None, shot_detector: str) -> VideoSelection:
     options = SelectOptions(method=job.method, k=job.k, seed=job.req.seed,
                             dedup_threshold=job.req.dedup_threshold, params=job.params)
     try:
-        return select_video(video, options, query)
+        return select_video(video, options, query, shot_detector)
     except ValueError as exc:
         raise ServiceError(422, str(exc)) from None
     except TypeError as exc:
@@ -454,6 +458,8 @@ class SelectService:
     def __init__(self, config: dict, spec: dict, embedder: Any = None) -> None:
         self.cfg = ServeConfig.from_dict(config).validate()
         self.spec = EmbedderSpec(**spec)
+        self.shot_detector = shot_detector_for(self.cfg.shot_detector)
+        self._transnet_detector = None
         self.storage = Storage(endpoint_url=self.cfg.s3_endpoint)
         self.embedder = embedder
         self._pool = ThreadPoolExecutor(max_workers=self.cfg.decode_workers, thread_name_prefix="decode")
@@ -634,11 +640,9 @@ class SelectService:
         # as the job counts them: the model's inputs, or every frame's features without one
         embedded = sum(len(c.frames) if c.frames is not None else len(c.features) for c in chunks)
         self._frames.inc(embedded, tags={"method": job.method})
-        video = SampledVideo.concat(
-            [(c.frame_index, c.timestamps, c.features, e) for c, e in zip(chunks, embeddings, strict=True)],
-            info.duration_s)
+        video = SampledVideo.concat(chunks, embeddings, info.duration_s, info.fps)
         t = time.perf_counter()
-        result = await loop.run_in_executor(self._pool, _select, video, job, query)
+        result = await loop.run_in_executor(self._pool, _select, video, job, query, self.shot_detector)
         timings["select"] = time.perf_counter() - t
         thumbs = None
         if job.req.thumbnails:
@@ -681,6 +685,7 @@ class SelectService:
             fps=job.fps, size=self.spec.image_size, chunk_frames=self.cfg.chunk_frames,
             max_frames=self.cfg.max_frames, cascade_ratio=None if dense else self.cfg.cascade_ratio,
             min_candidates=cascade_candidates(job.k), with_model=self.embedder is not None,
+            **sampling_for_detector(self.shot_detector),
         )
 
     def _decode(self, path: str, job: Job) -> tuple[VideoInfo, list[SampledChunk], bool]:
@@ -701,7 +706,17 @@ class SelectService:
             raise ServiceError(422, f"not a decodable video: {exc}") from None
         if not chunks:
             raise ServiceError(422, "no frames could be decoded")
+        if self.shot_detector == "transnetv2":
+            chunks = with_transition_probs(chunks, self._transnet())
         return info, chunks, capped
+
+    def _transnet(self):
+        """TransNetV2 in this replica, loaded on first use (on its GPU when it has one)."""
+        if self._transnet_detector is None:
+            from operators.transnet import TransNetV2Detector
+
+            self._transnet_detector = TransNetV2Detector()
+        return self._transnet_detector
 
     def _check_limits(self, info: VideoInfo) -> None:
         if info.duration_s > self.cfg.max_duration_s:

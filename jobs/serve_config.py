@@ -98,6 +98,9 @@ class ServeConfig:
         default=defaults.CASCADE_RATIO, metadata={"help": "cascade: most embedded share (as the job's)"}
     )
     dense: bool = field(default=False, metadata={"help": "embed every sampled frame (as the job's --dense)"})
+    shot_detector: str = field(
+        default=defaults.SHOT_DETECTOR, metadata={"help": "features, transnetv2, auto or sampled (as the job's)"}
+    )
     embed_chunk_frames: int = field(default=16, metadata={"help": "frames per embedding call"})
     embed_max_batch_frames: int = field(
         default=64, metadata={"help": "frames per model batch across requests (1 chunk = off)"}
@@ -127,6 +130,9 @@ class ServeConfig:
         for name in ("max_duration_s", "request_timeout_s", "fps_max", "default_fps"):
             if not float(getattr(self, name)) > 0:
                 raise ConfigError(f"{name} must be > 0")
+        if self.shot_detector not in defaults.SHOT_DETECTORS:
+            raise ConfigError(f"shot_detector must be one of {', '.join(defaults.SHOT_DETECTORS)}, "
+                              f"got {self.shot_detector!r}")
         if not 0.0 < self.cascade_ratio <= 1.0:
             raise ConfigError("cascade_ratio must be in (0, 1]")
         if self.too_many_frames not in ("cap", "refuse"):

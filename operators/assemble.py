@@ -38,8 +38,12 @@ class VideoPayload:
     node_id: str = ""  # the Ray node that decoded it and caches its source ("" = none)
 
 
+_HELD = ("frame_index", "timestamps", "features", "embedding", "signal_index", "signal_dist", "signal_wdist",
+         "signal_ldist", "thumb_index", "transition_probs")  # the arrays a video's payload is built from
+
+
 def _row_bytes(row: ChunkRow) -> int:
-    arrays = (row.frame_index, row.timestamps, row.features, row.embedding)
+    arrays = (getattr(row, name) for name in _HELD)
     return int(sum(a.nbytes for a in arrays if a is not None))
 
 
@@ -136,8 +140,7 @@ class VideoAssembler:
 def payload_of(first: ChunkRow, parts: list[ChunkRow], error: str = "") -> VideoPayload:
     """A video's payload from its chunk rows in order (none for a failed video)."""
     meta = {k: getattr(first, k) for k in _META}
-    video = SampledVideo.concat(
-        [(p.frame_index, p.timestamps, p.features, p.embedding) for p in parts], first.duration_s)
+    video = SampledVideo.concat(parts, [p.embedding for p in parts], first.duration_s, first.fps)
     times: dict = {t: float(sum(getattr(p, t) for p in parts)) for t in _TIMES} if parts else {}
     if parts:
         times["frames_embedded"] = int(sum(p.n_embed for p in parts))

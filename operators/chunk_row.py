@@ -19,7 +19,10 @@ from operators.features import FEATURE_DIM
 
 STATUS_OK, STATUS_FAILED = "ok", "failed"
 PIXEL_COLUMNS = ("frames", "group_of")  # present only while the model has not run
-_ARRAYS = ("frame_index", "timestamps", "features", "frames", "group_of", "embedding")
+THUMB_COLUMNS = ("thumbs", "thumbs_before", "thumbs_after")  # present only until TransNetStage ran
+_ARRAYS = ("frame_index", "timestamps", "features", "frames", "group_of", "embedding", "signal_index",
+           "signal_dist", "signal_wdist", "signal_ldist", "thumb_index", "thumbs", "thumbs_before",
+           "thumbs_after", "transition_probs")
 
 
 def _empty(name: str) -> np.ndarray:
@@ -41,6 +44,15 @@ class ChunkRow:
       per near-duplicate group with the cascade); `group_of` (n,) maps each sampled frame to
       its representative in `frames`. The embed stage replaces both with `embedding`
       (n, D) float16, one per sampled frame. Without a model neither is set.
+    - `signal_index`, `signal_dist`, `signal_wdist`, `signal_ldist` (k,): the shot detector's
+      signals of the source frames decoded since the previous chunk (segment.BoundarySignals).
+    - With TransNetV2, `thumbs` (m, 27, 48, 3) uint8 RGB: every decoded frame of the chunk at
+      TransNetV2's input size, `thumb_index` (m,) their source frame indices, and
+      `thumb_start` the ordinal of `thumbs[0]` among all of the video's thumbs (TransNetV2's
+      windows are aligned to it). `thumbs_before` / `thumbs_after` are up to
+      `transnet.CONTEXT_FRAMES` thumbs of the neighbouring chunks (fewer only at the video's
+      start / end), so that the shot stage needs no state across rows (`transnet.with_context`
+      makes them). `TransNetStage` replaces the thumbs with `transition_probs` (m,) float32.
     - `node_id` is the Ray node that holds the source's cached copy (and kept images), where
       the video's finalize should run; "" means anywhere.
     """
@@ -69,6 +81,17 @@ class ChunkRow:
     frames: np.ndarray | None = None
     group_of: np.ndarray | None = None
     embedding: np.ndarray | None = None
+    signal_index: np.ndarray | None = None
+    signal_dist: np.ndarray | None = None
+    signal_wdist: np.ndarray | None = None
+    signal_ldist: np.ndarray | None = None
+    thumb_start: int = 0
+    thumbs: np.ndarray | None = None
+    thumb_index: np.ndarray | None = None
+    thumbs_before: np.ndarray | None = None
+    thumbs_after: np.ndarray | None = None
+    transition_probs: np.ndarray | None = None
+    shots_s: float = 0.0  # seconds the shot detector spent on this chunk
 
     @property
     def failed(self) -> bool:

@@ -11,8 +11,9 @@ few frames a method selects (`read_frames`).
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # decord must be imported before torch in the same process on some builds (it links its own
 # ffmpeg); importing it here, at the bottom of the stack, keeps that order.
@@ -22,8 +23,114 @@ import numpy as np
 decord.bridge.set_bridge("native")
 
 
+# Every decoded frame's thumbnail, (width, height): TransNetV2's input size, and what the
+# training-free shot detector reads; a box filter (swscale's AREA) keeps it cheap and unaliased.
+THUMB_SIZE = (48, 27)
+
+
 class DecodeError(RuntimeError):
     """The file cannot be decoded as a video; the message is the reason recorded for it."""
+
+
+# What a file holds when it is clearly no video, from its first bytes.
+_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+    (b"%PDF", "a PDF document"), (b"PK\x03\x04", "a ZIP archive"), (b"\x1f\x8b", "a gzip archive"),
+)
+# decord's messages start with a time and its build machine's source path: "[02:07:53]
+# /github/workspace/src/video/video_reader.cc:486: Error: ..."
+_DECORD_NOISE = re.compile(r"\[\d\d:\d\d:\d\d\]\s*\S+:\d+:\s*|Check failed:.*?\)\s*|ERROR\s*|Error:\s*")
+
+
+def one_sentence(message: str, limit: int = 200) -> str:
+    """A decoder's message as one short sentence: its first line, without decord's
+    timestamps and build paths, whitespace collapsed, at most `limit` characters."""
+    lines = [ln for ln in str(message).strip().splitlines() if ln.strip()]
+    text = _DECORD_NOISE.sub("", lines[0] if lines else "").strip(" .:")
+    text = re.sub(r"\s+", " ", text)
+    return text[:limit] if text else "unknown decoder error"
+
+
+def _av_reason(exc: Exception) -> str:
+    """PyAV's error as one sentence: FFmpeg's own text without the errno and file name."""
+    return one_sentence(getattr(exc, "strerror", None) or str(exc))
+
+
+def not_a_video(path: str) -> str | None:
+    """What the file at `path` holds when its first bytes say it is no video (an image, a
+    document, an archive, text or an HTML page), as "a PNG image", "text", ...; else None."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return kind
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "a WebP image"
+    if b"\x00" in head:
+        return None
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 4:  # not just a character cut at the 4096th byte
+            return None
+        text = head[: exc.start].decode("utf-8")
+    start = text.lstrip().lower()
+    if start.startswith(("<!doctype html", "<html")):
+        return "an HTML page"
+    if start.startswith("<?xml"):
+        return "an XML document"
+    return "text" if all(c.isprintable() or c in "\r\n\t" for c in text) else None
+
+
+def mp4_problem(path: str) -> str | None:
+    """For an ISO-BMFF file (MP4, MOV: an `ftyp` box first), the reason it cannot be whole:
+    a top-level box that runs past the end of the file (truncated), or no `moov` box (the
+    index a recording or upload writes last, so one that never finished has none). Reads
+    only box headers. None when the structure is sound or the file is no MP4."""
+    size = os.path.getsize(path)
+    kinds, pos = [], 0
+    with open(path, "rb") as f:
+        while pos + 8 <= size:
+            f.seek(pos)
+            head = f.read(16)
+            box, kind = int.from_bytes(head[:4], "big"), head[4:8]
+            if not kinds and kind != b"ftyp":
+                return None
+            if box == 1 and len(head) == 16:
+                box = int.from_bytes(head[8:16], "big")
+            elif box == 0:
+                box = size - pos
+            if box < 8:
+                return f"damaged MP4: a box at byte {pos} declares {box} bytes"
+            if pos + box > size:
+                return (f"truncated file: it holds {size} bytes but its MP4 '{kind.decode('latin-1')}' box "
+                        f"ends at byte {pos + box}")
+            kinds.append(kind)
+            pos += box
+    if kinds and b"moov" not in kinds:
+        return "moov atom missing: the MP4 has no index (a recording or upload that never finished)"
+    return None
+
+
+def _why_undecodable(path: str, exc: Exception) -> str:
+    """One sentence saying why decord could not open `path`: what the file holds instead,
+    or what FFmpeg (through PyAV) says about it."""
+    import av
+
+    kind = not_a_video(path)
+    if kind:
+        return f"not a video: the file holds {kind}"
+    try:
+        with av.open(path) as container:
+            streams = [s.type for s in container.streams]
+    except av.error.FFmpegError as av_exc:
+        return f"not a decodable video: {_av_reason(av_exc)}"
+    except Exception:  # noqa: BLE001 - then decord's own words, cleaned
+        return f"not a decodable video: {one_sentence(str(exc) or type(exc).__name__)}"
+    if "video" not in streams:
+        held = ", ".join(sorted({t for t in streams})) or "no streams"
+        return f"no video stream: the file holds only {held}" if streams else "no video stream in the file"
+    return f"not a decodable video: {one_sentence(str(exc) or type(exc).__name__)}"
 
 
 @dataclass(frozen=True)
@@ -35,6 +142,9 @@ class VideoInfo:
     duration_s: float
     width: int
     height: int
+    # every frame's presentation time (s, the first at 0) when the frame rate varies; None
+    # when it is constant and frame i is at i / fps (see `variable_frame_times`)
+    frame_times: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -46,6 +156,10 @@ class Chunk:
     frames: np.ndarray  # (n, size, size, 3) uint8 RGB
     # each frame encoded at output size, when iter_chunks was asked to and decoded in order
     images: tuple[bytes, ...] | None = None
+    # with `thumbs`: every source frame decoded since the previous chunk (through the end of
+    # the video for the last chunk), as THUMB_SIZE RGB, and their indices
+    thumb_index: np.ndarray | None = None  # (m,) int64
+    thumbs: np.ndarray | None = None  # (m, 27, 48, 3) uint8
 
 
 @dataclass(frozen=True)
@@ -66,15 +180,19 @@ def _open(path: str, width: int = -1, height: int = -1, num_threads: int = 0):
     try:
         return decord.VideoReader(path, width=width, height=height, num_threads=num_threads)
     except Exception as exc:  # noqa: BLE001 - decord raises its own error types
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DecodeError(f"not a decodable video: {reason[:300]}") from exc
+        raise DecodeError(_why_undecodable(path, exc)) from exc
 
 
 def probe_video(path: str) -> VideoInfo:
     """Open a local video file and return its frame count, fps, duration and size.
 
-    Raises DecodeError with a readable reason for empty, non-video or corrupt files.
+    Raises DecodeError with a one-sentence reason for empty, non-video, truncated or corrupt
+    files (an MP4's box structure is checked first: a cut file can still open).
     """
+    if os.path.exists(path) and os.path.getsize(path) > 0:
+        problem = mp4_problem(path)
+        if problem:
+            raise DecodeError(problem)
     vr = _open(path, num_threads=1)
     n = len(vr)
     fps = float(vr.get_avg_fps() or 0.0)
@@ -83,16 +201,46 @@ def probe_video(path: str) -> VideoInfo:
     try:
         h, w = vr[0].shape[:2]
     except Exception as exc:  # noqa: BLE001
-        raise DecodeError(f"first frame cannot be decoded: {exc}") from exc
-    return VideoInfo(num_frames=n, fps=fps, duration_s=n / fps, width=int(w), height=int(h))
+        raise DecodeError(f"first frame cannot be decoded: {one_sentence(str(exc))}") from exc
+    return VideoInfo(num_frames=n, fps=fps, duration_s=n / fps, width=int(w), height=int(h),
+                     frame_times=variable_frame_times(path, vr))
+
+
+def variable_frame_times(path: str, vr) -> np.ndarray | None:
+    """Every frame's presentation time in seconds (the first at 0), from decord's index, when
+    the video's frame rate varies: in an indexed container with finite, non-decreasing
+    timestamps, more than 5% of the frame intervals off their median by half or more. None
+    otherwise (a constant rate: frame i is at i / fps). Reads the index only (~1 ms)."""
+    if os.path.splitext(path)[1].lower() not in SEEKABLE_CONTAINERS or len(vr) < 3:
+        return None
+    try:
+        times = np.asarray(vr.get_frame_timestamp(list(range(len(vr))))[:, 0], np.float64)
+    except Exception:  # noqa: BLE001 - no usable index: treated as constant
+        return None
+    gaps = np.diff(times)
+    if not (np.all(np.isfinite(times)) and np.all(gaps >= 0)):
+        return None
+    usual = float(np.median(gaps))
+    if usual <= 0 or np.mean((gaps > 1.5 * usual) | (gaps < usual / 1.5)) <= 0.05:
+        return None
+    return times - times[0]
 
 
 def sample_indices(info: VideoInfo, fps: float, max_frames: int | None = None) -> np.ndarray:
     """Indices of the source frames sampled at `fps` frames a second (at most one per source
-    frame), taking the frame nearest each sampling instant. With `max_frames`, the rate is
-    lowered so that no more than that many are taken. Returns int64 (n,)."""
+    frame), taking the frame nearest each sampling instant (by index / fps, or by the frames'
+    own times when the rate varies). With `max_frames`, the rate is lowered so that no more
+    than that many are taken. Returns int64 (n,)."""
     if fps <= 0:
         raise ValueError(f"fps must be > 0, got {fps}")
+    if info.frame_times is not None:  # variable frame rate: the frame nearest each instant
+        times = info.frame_times
+        if max_frames is not None:
+            fps = min(fps, max_frames / max(info.duration_s, 1e-9))
+        instants = np.arange(0.0, times[-1] + 1e-9, 1.0 / fps)
+        after = np.clip(np.searchsorted(times, instants), 1, len(times) - 1)
+        nearer = np.where(instants - times[after - 1] <= times[after] - instants, after - 1, after)
+        return np.unique(nearer.astype(np.int64))
     step = max(1.0, info.fps / fps)
     if max_frames is not None and info.num_frames / step > max_frames:
         step = info.num_frames / max_frames
@@ -182,15 +330,28 @@ class _FrameCursor:
     index. A wanted frame that never came out of the decoder (a damaged picture) is stood in
     for by the next one, which stays available for the next wanted index."""
 
-    def __init__(self, indexed: Iterator[tuple[int, object]]) -> None:
+    def __init__(self, indexed: Iterator[tuple[int, object]],
+                 seen: Callable[[int, object], None] | None = None) -> None:
         self.indexed = indexed
         self.pending: tuple[int, object] | None = None
+        self.seen = seen  # called once for every frame that comes out of the decoder
+
+    def _next(self) -> tuple[int, object] | None:
+        item = next(self.indexed, None)
+        if item is not None and self.seen is not None:
+            self.seen(*item)
+        return item
+
+    def drain(self) -> None:
+        """Decode the rest of the stream (for `seen`)."""
+        while self._next() is not None:
+            pass
 
     def at(self, i: int) -> object | None:
         """The frame at index `i` (or the first after it); None when the stream has ended."""
         while True:
             if self.pending is None:
-                self.pending = next(self.indexed, None)
+                self.pending = self._next()
                 if self.pending is None:
                     return None
             j, frame = self.pending
@@ -200,6 +361,23 @@ class _FrameCursor:
             if j == i:
                 self.pending = None
             return frame
+
+
+def _quarter_turns(frame) -> int:
+    """Counter-clockwise quarter turns that stand a decoded frame upright: its display
+    matrix (a phone's portrait video is stored on its side), 0 without one."""
+    rotation = frame.rotation if frame.side_data else 0
+    return int(round(rotation / 90)) % 4
+
+
+def _upright(reformatter, frame, size: dict, turns: int) -> np.ndarray:
+    """The frame as RGB (h, w, 3), upright, at `size` ({} = the source's), which names the
+    upright width and height: a frame on its side is scaled to the swapped size, then turned.
+    (decord applies the display matrix itself.)"""
+    if turns % 2 and size:
+        size = {"width": size["height"], "height": size["width"]}
+    rgb = reformatter.reformat(frame, format="rgb24", **size).to_ndarray()
+    return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
 
 
 class _SequentialReader:
@@ -214,7 +392,11 @@ class _SequentialReader:
     without them (or where the packets' timestamps cannot be trusted), by counting.
 
     With `encode`, every kept frame is also converted at `image_size` ((-1, -1): the
-    source's) and passed to `encode`; `images` then holds the last read's results."""
+    source's) and passed to `encode`; `images` then holds the last read's results.
+
+    With `thumbs`, every decoded frame, kept or not, is also scaled to THUMB_SIZE; `thumbs`
+    and `thumb_index` then hold those of the frames decoded since the last read (`drain`
+    decodes the rest of the stream). No frame is skipped then."""
 
     def __init__(
         self,
@@ -226,6 +408,7 @@ class _SequentialReader:
         image_size: tuple[int, int] = (-1, -1),
         wanted: np.ndarray | None = None,
         frame_count: int | None = None,
+        thumbs: bool = False,
     ) -> None:
         import av
 
@@ -240,7 +423,8 @@ class _SequentialReader:
         # Only streams that reorder pictures have B-frames to skip; the others would pay for
         # the packet pass and a Python loop per packet (~10% of decode on a 30 fps H.264).
         codec = stream.codec_context
-        if wanted is not None and frame_count and codec.has_b_frames and codec.name in SKIPPABLE_CODECS:
+        if (wanted is not None and frame_count and not thumbs and codec.has_b_frames
+                and codec.name in SKIPPABLE_CODECS):
             order = display_order(path, frame_count)
         self.skipping = order is not None
         if order is not None:
@@ -248,10 +432,13 @@ class _SequentialReader:
             keep = keep[(keep >= 0) & (keep < len(order))]
             self.cursor = _FrameCursor(self._ranked(stream, order, set(order[keep].tolist())))
         else:
-            self.cursor = _FrameCursor(enumerate(self._counted(self.container.decode(stream))))
+            self.cursor = _FrameCursor(enumerate(self._counted(stream)), self._thumb if thumbs else None)
+        self.damaged = 0  # packets the decoder rejected as invalid data, skipped
+        self._thumbs: list[np.ndarray] = []
+        self._thumb_index: list[int] = []
+        self.thumb_reformatter = av.video.reformatter.VideoReformatter()
         self.size = {} if width < 0 else {"width": width, "height": height}
-        # One reformatter for the whole stream: VideoFrame.reformat builds a new swscale
-        # context for every frame, which cost 0.3 ms a frame here and ~3.5 ms on a Xeon.
+        # one reformatter (one swscale context) for the whole stream, not one per frame
         self.reformatter = av.video.reformatter.VideoReformatter()
         self.encode = encode
         if encode is not None:
@@ -259,10 +446,23 @@ class _SequentialReader:
             self.image_size = {} if image_size[0] < 0 else {"width": image_size[0], "height": image_size[1]}
         self.images: list[bytes] = []
 
-    def _counted(self, frames: Iterator) -> Iterator:
-        for frame in frames:
-            self.decoded += 1
-            yield frame
+    def _decoded(self, packet) -> list:
+        """The frames a packet decodes to; none, counted in `damaged`, when the decoder
+        rejects it as invalid data (a corrupt stretch: the frames after it still decode, and
+        a wanted frame lost in it is stood in for by the next, see _FrameCursor)."""
+        import av
+
+        try:
+            return packet.decode()
+        except av.error.InvalidDataError:
+            self.damaged += 1
+            return []
+
+    def _counted(self, stream) -> Iterator:
+        for packet in self.container.demux(stream):
+            for frame in self._decoded(packet):
+                self.decoded += 1
+                yield frame
 
     def _ranked(self, stream, order: np.ndarray, keep_pts: set[int]) -> Iterator[tuple[int, object]]:
         # a sorted int64 array, not a dict: 8 bytes a frame on a 3-hour video, and a lookup
@@ -275,7 +475,7 @@ class _SequentialReader:
             if want == skip:
                 skip = not want
                 codec.skip_frame = "NONREF" if skip else "DEFAULT"
-            for frame in packet.decode():
+            for frame in self._decoded(packet):
                 self.decoded += 1
                 j = int(np.searchsorted(order, frame.pts)) if frame.pts is not None else len(order)
                 if j >= len(order) or order[j] != frame.pts:
@@ -285,6 +485,25 @@ class _SequentialReader:
                 last = j
                 yield j, frame
 
+    def _thumb(self, i: int, frame) -> None:
+        w, h = THUMB_SIZE
+        rgb = self.thumb_reformatter.reformat(frame, format="rgb24", width=w, height=h, interpolation="AREA")
+        self._thumbs.append(rgb.to_ndarray())
+        self._thumb_index.append(i)
+
+    def take_thumbs(self) -> tuple[np.ndarray, np.ndarray]:
+        """The thumbnails (m, 27, 48, 3) and indices (m,) of the frames decoded since the
+        last call."""
+        w, h = THUMB_SIZE
+        thumbs = np.stack(self._thumbs) if self._thumbs else np.zeros((0, h, w, 3), np.uint8)
+        index = np.asarray(self._thumb_index, np.int64)
+        self._thumbs, self._thumb_index = [], []
+        return index, thumbs
+
+    def drain(self) -> None:
+        """Decode the rest of the stream (every frame's thumbnail, when asked for)."""
+        self.cursor.drain()
+
     def read(self, idx: np.ndarray) -> np.ndarray:
         out = []
         self.images = []
@@ -292,10 +511,10 @@ class _SequentialReader:
             frame = self.cursor.at(i)
             if frame is None:
                 break  # the container claimed more frames than it holds
-            out.append(self.reformatter.reformat(frame, format="rgb24", **self.size).to_ndarray())
+            turns = _quarter_turns(frame)
+            out.append(_upright(self.reformatter, frame, self.size, turns))
             if self.encode is not None:
-                rgb = self.image_reformatter.reformat(frame, format="rgb24", **self.image_size)
-                self.images.append(self.encode(rgb.to_ndarray()))
+                self.images.append(self.encode(_upright(self.image_reformatter, frame, self.image_size, turns)))
         return np.stack(out) if out else np.zeros((0, 1, 1, 3), np.uint8)
 
     def close(self) -> None:
@@ -311,27 +530,29 @@ def open_reader(
     encode: Callable[[np.ndarray], bytes] | None = None,
     image_size: tuple[int, int] = (-1, -1),
     wanted: np.ndarray | None = None,
+    thumbs: bool = False,
 ):
-    """decord random access for indexed containers with sane timestamps, else PyAV in order.
+    """decord random access for indexed containers with sane timestamps, else PyAV in order
+    (always in order with `thumbs`: every frame's thumbnail needs every frame decoded).
 
     `step` is the spacing, in source frames, of the frames that will be read (None: a few
     scattered frames). When it is no larger than the usual distance between keyframes, a
     seek cannot skip anything and every frame is decoded either way; then PyAV in order is
     cheaper too, as it converts and scales only the frames kept, where decord scales every
-    decoded frame (measured on the six real videos at 1 fps: 2.11 against 2.66 CPU-s).
+    decoded frame (docs/decisions.md, *Decode*).
     `encode` and `image_size` go to the in-order reader; decord's encodes nothing.
 
     `wanted`, every index that will be read, lets the in-order reader skip the frames
     nothing needs, in indexed containers whose packets name as many frames as decord's
     index does (see _SequentialReader)."""
     frame_count = None
-    if os.path.splitext(path)[1].lower() in SEEKABLE_CONTAINERS:
+    if not thumbs and os.path.splitext(path)[1].lower() in SEEKABLE_CONTAINERS:
         vr = _open(path, width=width, height=height, num_threads=num_threads)
         if timestamps_are_sane(vr):
             if step is None or step > keyframe_spacing(vr):
                 return _RandomAccessReader(vr)
             frame_count = len(vr)
-    return _SequentialReader(path, width, height, num_threads, encode, image_size, wanted, frame_count)
+    return _SequentialReader(path, width, height, num_threads, encode, image_size, wanted, frame_count, thumbs)
 
 
 def keyframe_spacing(vr) -> float:
@@ -359,11 +580,22 @@ class _RandomAccessReader:
         pass
 
 
+def _drain(reader) -> None:
+    """Decode the frames after the last sampled one, for their thumbnails; a damaged tail
+    ends the thumbnails there (nothing sampled is lost)."""
+    try:
+        reader.drain()
+    except Exception:  # noqa: BLE001 - decoder errors of any kind
+        return
+
+
 def _read(reader, idx: np.ndarray) -> np.ndarray:
     try:
         return reader.read(idx)
+    except DecodeError:
+        raise
     except Exception as exc:  # noqa: BLE001 - decoder errors of any kind
-        raise DecodeError(f"decoding failed near frame {int(idx[0])}: {exc}") from exc
+        raise DecodeError(f"decoding failed near frame {int(idx[0])}: {_av_reason(exc)}") from exc
 
 
 def iter_chunks(
@@ -377,8 +609,13 @@ def iter_chunks(
     num_threads: int = 1,
     encode_images: Callable[[np.ndarray], bytes] | None = None,
     image_max_side: int | None = None,
+    thumbs: bool = False,
 ) -> Iterator[Chunk]:
     """Decode the frames sampled at `fps`, `chunk_frames` at a time, at `size x size`.
+
+    With `thumbs`, every source frame is decoded in order and each chunk also carries the
+    THUMB_SIZE thumbnails of the frames decoded since the previous chunk (the last chunk:
+    through the end of the video), for shot detection at source-frame precision.
 
     With `encode_images`, each sampled frame is also converted at output size (the
     source's, or fitted to `image_max_side` as `read_frames` does) and encoded by it into
@@ -395,19 +632,26 @@ def iter_chunks(
     step = sampling_step(info, idx)
     reader = open_reader(
         path, w, h, num_threads, step=step, encode=encode_images,
-        image_size=output_geometry(info, image_max_side), wanted=idx,
+        image_size=output_geometry(info, image_max_side), wanted=idx, thumbs=thumbs,
     )
     try:
         for start in range(0, len(idx), chunk_frames):
             part = idx[start : start + chunk_frames]
             frames = _read(reader, part)
+            ended = len(frames) < len(part)  # the container claimed more frames than it holds
             part = part[: len(frames)]
+            thumb_index = thumb_pixels = None
+            if thumbs:
+                if start + chunk_frames >= len(idx) and not ended:
+                    _drain(reader)
+                thumb_index, thumb_pixels = reader.take_thumbs()
             if len(part):
                 frames = np.ascontiguousarray(center_crop(frames, size))
-                # empty unless the in-order reader was asked to encode
-                yield Chunk(part, part.astype(np.float64) / info.fps, frames, tuple(reader.images) or None)
-            if len(part) < chunk_frames and start + chunk_frames < len(idx):
-                return  # the stream ended early
+                # images: empty unless the in-order reader was asked to encode
+                times = info.frame_times[part] if info.frame_times is not None else part.astype(np.float64) / info.fps
+                yield Chunk(part, times, frames, tuple(reader.images) or None, thumb_index, thumb_pixels)
+            if ended:
+                return
     finally:
         reader.close()
 

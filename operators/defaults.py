@@ -18,6 +18,10 @@ FPS = 1.0  # frames sampled per second of video
 CHUNK_FRAMES = 64  # sampled frames per chunk: the cascade plans each chunk on its own
 CASCADE_RATIO = 0.12  # at most this share of a video's sampled frames is embedded
 
+# --- shots
+SHOT_DETECTOR = "auto"  # auto | features | transnetv2 | sampled (see operators.segment)
+SHOT_DETECTORS = ("auto", "features", "transnetv2", "sampled")
+
 # --- selection
 METHOD = "kmeans"
 K = 16  # frames kept per video

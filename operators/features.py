@@ -69,7 +69,7 @@ def _hsv_hist(rgb: np.ndarray) -> np.ndarray:
 
 
 def _edge_hist(gray: np.ndarray) -> np.ndarray:
-    n, s, _ = gray.shape
+    n, h, w = gray.shape
     gx = np.zeros_like(gray)
     gy = np.zeros_like(gray)
     gx[:, :, 1:-1] = gray[:, :, 2:] - gray[:, :, :-2]
@@ -77,8 +77,8 @@ def _edge_hist(gray: np.ndarray) -> np.ndarray:
     mag = np.hypot(gx, gy)
     ang = (np.arctan2(gy, gx) % np.pi) / np.pi  # orientation, sign-free, in [0, 1)
     ob = np.minimum((ang * _ORIENT).astype(np.int64), _ORIENT - 1)
-    cell = (np.arange(s) * _CELLS // s).astype(np.int64)
-    cb = cell[:, None] * _CELLS + cell[None, :]
+    rows, cols = (np.arange(h) * _CELLS // h).astype(np.int64), (np.arange(w) * _CELLS // w).astype(np.int64)
+    cb = rows[:, None] * _CELLS + cols[None, :]
     bins = cb[None] * _ORIENT + ob
     nb = _ORIENT * _CELLS * _CELLS
     flat = (bins.reshape(n, -1) + np.arange(n)[:, None] * nb).ravel()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -22,7 +22,15 @@ from operators import defaults
 from operators.cascade import plan_chunk
 from operators.decode import VideoInfo, image_for_model, iter_chunks, sample_indices
 from operators.features import frame_features
-from operators.segment import detect_shots, shot_ids_from_starts, shot_windows
+from operators.segment import (
+    MIN_SHOT_S,
+    BoundarySignals,
+    ShotSignals,
+    detect_cuts,
+    detect_shots,
+    signal_lag,
+    signal_window,
+)
 from operators.select import Selection, VideoFrames, select_frames
 
 
@@ -33,12 +41,16 @@ class SamplingOptions:
     `size` is the model's input size; `cascade_ratio` None embeds every sampled frame (the
     dense job), otherwise one frame per near-duplicate group, at least `min_candidates` per
     video (the distinct frames the selection needs); `with_model` False (the training-free
-    features embedder) keeps no pixels at all.
+    features embedder) keeps no pixels at all. `shot_signals` decodes every source frame in
+    order for the shot detector (independent of `fps`); without it shots are found on the
+    sampled frames.
     """
 
     fps: float = defaults.FPS
     size: int = defaults.FEATURES_IMAGE_SIZE
     chunk_frames: int = defaults.CHUNK_FRAMES
+    shot_signals: bool = True  # every source frame's thumbnail -> the shot detector's signals
+    keep_thumbs: bool = False  # also hand the thumbnails on (for TransNetV2)
     max_frames: int | None = None
     cascade_ratio: float | None = defaults.CASCADE_RATIO
     min_candidates: int = 0
@@ -49,7 +61,10 @@ class SamplingOptions:
 @dataclass(frozen=True)
 class SampledChunk:
     """One decoded chunk: sampled frames' indices, times and features; with a model, the
-    pixels it must embed (`frames`) and each sampled frame's representative (`group_of`)."""
+    pixels it must embed (`frames`) and each sampled frame's representative (`group_of`);
+    with shot signals, those of the source frames decoded since the previous chunk
+    (`signal_index`, `signal_dist`, `signal_wdist`; see segment.BoundarySignals) and, with
+    `keep_thumbs`, their thumbnails."""
 
     frame_index: np.ndarray
     timestamps: np.ndarray
@@ -59,6 +74,41 @@ class SampledChunk:
     images: tuple[bytes, ...] | None
     decode_s: float
     features_s: float
+    signal_index: np.ndarray | None = None
+    signal_dist: np.ndarray | None = None
+    signal_wdist: np.ndarray | None = None
+    signal_ldist: np.ndarray | None = None
+    thumb_index: np.ndarray | None = None
+    thumbs: np.ndarray | None = None
+    transition_probs: np.ndarray | None = None  # TransNetV2's, one per thumbnail (set by its caller)
+
+
+def shot_detector_for(requested: str) -> str:
+    """The shot detector a run uses: `requested`, with "auto" resolved to "features", which
+    measured at least as accurate as TransNetV2 on every benchmark set at a small share
+    of its cost (benchmarks/RESULTS.md, *Quality*)."""
+    return "features" if requested == "auto" else requested
+
+
+def sampling_for_detector(detector: str) -> dict:
+    """The SamplingOptions fields a shot detector needs: the decoder's per-frame signals for
+    "features" and "transnetv2" (which also needs the thumbnails), none for "sampled"."""
+    return {"shot_signals": detector != "sampled", "keep_thumbs": detector == "transnetv2"}
+
+
+def with_transition_probs(chunks: list[SampledChunk], detector) -> list[SampledChunk]:
+    """A whole (short) video's chunks with TransNetV2's probabilities from `detector` (a
+    `transnet.TransNetV2Detector`), for callers that hold the video in one process (the
+    service); the job runs its own TransNetStage."""
+    from operators.transnet import StreamingPredictor
+
+    stream, probs = StreamingPredictor(detector), []
+    for c in chunks:
+        probs.append(stream.feed(c.thumbs))
+    probs.append(stream.finish())
+    flat = np.concatenate(probs)
+    cuts = np.cumsum([len(c.thumbs) for c in chunks])[:-1]
+    return [replace(c, transition_probs=p, thumbs=None) for c, p in zip(chunks, np.split(flat, cuts), strict=True)]
 
 
 def cascade_candidates(k: int | str) -> int:
@@ -94,21 +144,40 @@ def sample_chunks(
     chunks = iter_chunks(
         path, opts.fps, opts.size, opts.chunk_frames, info=info, max_frames=opts.max_frames,
         num_threads=opts.decode_threads, encode_images=encode_images, image_max_side=image_max_side,
+        thumbs=opts.shot_signals,
     )
+    window = signal_window(info.fps)
+    signals = BoundarySignals(window, signal_lag(info.fps, window)) if opts.shot_signals else None
+    held: SampledChunk | None = None  # one chunk back: the last one takes the signals' tail
     while True:
         t0 = time.perf_counter()
         chunk = next(chunks, None)
         if chunk is None:
-            return
+            break
         t1 = time.perf_counter()
         feats = frame_features(chunk.frames)
-        t2 = time.perf_counter()
         frames = group_of = None
         if opts.with_model:
             reps, group_of = plan_chunk(feats, n, opts.cascade_ratio, opts.min_candidates)
             frames = chunk.frames if len(reps) == len(feats) else np.ascontiguousarray(chunk.frames[reps])
-        yield SampledChunk(chunk.frame_index, chunk.timestamps, feats, frames, group_of, chunk.images,
-                           decode_s=t1 - t0, features_s=t2 - t1)
+        sig: tuple = (None, None, None, None)
+        if signals is not None:
+            sig = signals.push(frame_features(chunk.thumbs), chunk.thumb_index)
+        t2 = time.perf_counter()
+        if held is not None:
+            yield held
+        held = SampledChunk(chunk.frame_index, chunk.timestamps, feats, frames, group_of, chunk.images,
+                            decode_s=t1 - t0, features_s=t2 - t1, signal_index=sig[0], signal_dist=sig[1],
+                            signal_wdist=sig[2], signal_ldist=sig[3], thumb_index=chunk.thumb_index if opts.keep_thumbs else None,
+                            thumbs=chunk.thumbs if opts.keep_thumbs else None)
+    if held is not None and signals is not None:
+        tail = signals.finish()
+        held = replace(held, signal_index=np.concatenate([held.signal_index, tail[0]]),
+                       signal_dist=np.concatenate([held.signal_dist, tail[1]]),
+                       signal_wdist=np.concatenate([held.signal_wdist, tail[2]]),
+                       signal_ldist=np.concatenate([held.signal_ldist, tail[3]]))
+    if held is not None:
+        yield held
 
 
 def propagate(embeddings: np.ndarray, group_of: np.ndarray) -> np.ndarray:
@@ -120,29 +189,44 @@ def propagate(embeddings: np.ndarray, group_of: np.ndarray) -> np.ndarray:
 @dataclass
 class SampledVideo:
     """One video after embedding: per sampled frame its source index, time, features and
-    embedding (the features themselves without a model). No pixels."""
+    embedding (the features themselves without a model); the shot detector's signals over
+    every source frame (None: shots are found on the sampled frames). No pixels."""
 
     frame_index: np.ndarray
     timestamps: np.ndarray
     features: np.ndarray
     embeddings: np.ndarray
     duration_s: float
+    fps: float = 0.0
+    signals: ShotSignals | None = None
 
     @classmethod
-    def concat(cls, parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]],
-               duration_s: float) -> SampledVideo:
-        """A video from its chunks in order: (frame_index, timestamps, features, embeddings
-        or None for the features themselves) each."""
+    def concat(cls, parts: list, embeddings: list[np.ndarray | None], duration_s: float, fps: float) -> SampledVideo:
+        """A video from its chunks in order: objects with frame_index, timestamps, features
+        and signal_index / signal_dist / signal_wdist (SampledChunk, ChunkRow), optional
+        `transition_probs`, and each chunk's embeddings (None: the features themselves)."""
         if not parts:
             z = np.zeros(0)
-            return cls(z.astype(np.int64), z, z.reshape(0, 0), z.reshape(0, 0), duration_s)
-        feats = np.concatenate([np.asarray(p[2], np.float32) for p in parts])
-        emb = feats if parts[0][3] is None else np.concatenate([np.asarray(p[3], np.float32) for p in parts])
-        return cls(
-            np.concatenate([np.asarray(p[0], np.int64) for p in parts]),
-            np.concatenate([np.asarray(p[1], np.float64) for p in parts]),
-            feats, emb, duration_s,
-        )
+            return cls(z.astype(np.int64), z, z.reshape(0, 0), z.reshape(0, 0), duration_s, fps)
+
+        def cat(name: str, dtype) -> np.ndarray:
+            return np.concatenate([np.asarray(getattr(p, name), dtype) for p in parts])
+
+        feats = cat("features", np.float32)
+        emb = feats if embeddings[0] is None else np.concatenate([np.asarray(e, np.float32) for e in embeddings])
+        signals = None
+        if getattr(parts[0], "signal_index", None) is not None:
+            index = cat("signal_index", np.int64)
+            probs = None
+            if getattr(parts[0], "transition_probs", None) is not None:
+                # TransNetV2's probabilities come per thumbnail: put them at their frames
+                probs = np.zeros(len(index), np.float32)
+                at = np.searchsorted(index, cat("thumb_index", np.int64))
+                ok = at < len(index)
+                probs[at[ok]] = cat("transition_probs", np.float32)[ok]
+            signals = ShotSignals(index, cat("signal_dist", np.float32), cat("signal_wdist", np.float32),
+                                  cat("signal_ldist", np.float32), probs)
+        return cls(cat("frame_index", np.int64), cat("timestamps", np.float64), feats, emb, duration_s, fps, signals)
 
 
 @dataclass(frozen=True)
@@ -167,12 +251,13 @@ class VideoSelection:
     """
 
     video: SampledVideo
-    starts: np.ndarray
+    cuts: np.ndarray  # source frame index of each shot's first frame
     selection: Selection
     shots: list[dict]
     shot_of: np.ndarray
     clips: list[dict]
     clip_of: list[dict | None]
+    shot_detector: str = "features"
 
     def frames(self) -> list[dict]:
         """One dict per selected frame, in time order: frame_index, timestamp_s, score, rank
@@ -191,34 +276,54 @@ class VideoSelection:
         ]
 
 
-def select_video(video: SampledVideo, options: SelectOptions, query: np.ndarray | None = None) -> VideoSelection:
-    """Shots and selection for one video, the one code path of the job and the service.
-    Raises ValueError for a bad method, k or parameter (TypeError for a parameter of the
-    wrong type)."""
-    ts = video.timestamps
-    starts = detect_shots(video.features, ts)
-    frames = VideoFrames(
-        embeddings=video.embeddings, timestamps=ts, shot_ids=shot_ids_from_starts(len(ts), starts),
-        features=video.features, query=query,
-    )
+def find_cuts(video: SampledVideo, detector: str = "features") -> np.ndarray:
+    """Source frame index of each shot's first frame (0 first): from the per-frame signals
+    ("features"), TransNetV2's transition probabilities ("transnetv2"), or the sampled
+    frames alone ("sampled", and whenever the video carries no signals)."""
+    sig = video.signals
+    if detector == "transnetv2":
+        if sig is None or sig.probs is None:
+            raise ValueError("shot detector 'transnetv2' needs the TransNetV2 stage's probabilities")
+        from operators.transnet import boundaries
+
+        gap = max(1, round(video.fps * MIN_SHOT_S))  # as the features detector's shortest shot
+        return np.unique(np.concatenate([[0], sig.frame_index[boundaries(sig.probs, min_gap_frames=gap)]])).astype(np.int64)
+    if detector != "sampled" and sig is not None and len(sig.frame_index):
+        return detect_cuts(sig, video.fps)
+    starts = detect_shots(video.features, video.timestamps)
+    cuts = video.frame_index[starts] if len(starts) else np.zeros(1, np.int64)
+    cuts[:1] = 0
+    return cuts
+
+
+def select_video(video: SampledVideo, options: SelectOptions, query: np.ndarray | None = None,
+                 shot_detector: str = "features") -> VideoSelection:
+    """Shots (`find_cuts` with `shot_detector`) and selection for one video, the one code
+    path of the job and the service. Raises ValueError for a bad method, k or parameter
+    (TypeError for a parameter of the wrong type)."""
+    ts, fi = video.timestamps, video.frame_index
+    cuts = find_cuts(video, shot_detector)
+    shot_ids = np.searchsorted(cuts, fi, side="right") - 1
+    frames = VideoFrames(embeddings=video.embeddings, timestamps=ts, shot_ids=shot_ids,
+                         features=video.features, query=query)
     sel = select_frames(options.method, frames, options.k, seed=options.seed,
                         dedup_threshold=options.dedup_threshold, **options.params)
-    shots = shot_table(video, starts)
-    shot_of = np.searchsorted(starts, sel.indices, side="right") - 1
+    shots = shot_table(video, cuts)
+    shot_of = shot_ids[sel.indices]
     clips, clip_of = _clip_windows(video, sel, shots, shot_of)
-    return VideoSelection(video, starts, sel, shots, shot_of, clips, clip_of)
+    return VideoSelection(video, cuts, sel, shots, shot_of, clips, clip_of, shot_detector)
 
 
-def shot_table(video: SampledVideo, starts: np.ndarray) -> list[dict]:
-    """Every shot: shot_index, start_s / end_s (boundaries halfway between the sampled
-    frames around a cut; the first at 0, the last at the video's end), start_frame_index and
-    num_sampled_frames."""
-    start_s, end_s = shot_windows(video.timestamps, starts, video.duration_s)
-    sizes = np.diff(np.append(starts, len(video.timestamps)))
+def shot_table(video: SampledVideo, cuts: np.ndarray) -> list[dict]:
+    """Every shot: shot_index, start_s / end_s (at its first source frame; the last ends at
+    the video's end), start_frame_index and num_sampled_frames."""
+    fps = video.fps or 1.0
+    ends = np.append(cuts[1:] / fps, video.duration_s)
+    sizes = np.diff(np.searchsorted(video.frame_index, np.append(cuts, np.iinfo(np.int64).max)))
     return [
-        {"shot_index": i, "start_s": float(start_s[i]), "end_s": float(end_s[i]),
-         "start_frame_index": int(video.frame_index[a]), "num_sampled_frames": int(sizes[i])}
-        for i, a in enumerate(starts)
+        {"shot_index": i, "start_s": float(c / fps), "end_s": float(ends[i]),
+         "start_frame_index": int(c), "num_sampled_frames": int(sizes[i])}
+        for i, c in enumerate(cuts)
     ]
 
 

@@ -32,8 +32,11 @@ import uuid
 import zipfile
 from collections.abc import Iterator, Sequence
 
+import fsspec
+
 from operators import defaults
-from operators.storage import Storage, is_remote, local_copy, local_path
+from operators.sources import changed_since_listing
+from operators.storage import SourceError, Storage, download, is_remote, local_copy, local_path, retrying
 
 CACHE_ENV = defaults.SOURCE_CACHE_ENV
 CACHE_GB_ENV = defaults.SOURCE_CACHE_GB_ENV
@@ -96,14 +99,22 @@ def evict(limit_bytes: int, incoming: int = 0, now: float | None = None) -> list
     return removed
 
 
-def _download(storage: Storage, uri: str, target: str) -> None:
+def _download(storage: Storage, uri: str, target: str, listed: tuple[int, str] | None = None) -> None:
+    """Download `uri` whole into `target`: its current size and version from the store
+    (raising SourceError when they differ from `listed`, the (size, version) the listing
+    saw), then the bytes (`storage.download`: retried, a short copy never kept)."""
     fs, path = storage.fs_for(uri)
-    size = int(fs.size(path) or 0)
+    info = retrying(lambda: fs.info(path, refresh=True), f"reading {uri}")
+    if listed is not None:
+        changed = changed_since_listing(info, *listed)
+        if changed:
+            raise SourceError(changed)
+    size = int(info.get("size") or 0)
     evict(cache_limit_bytes(), incoming=size)
     os.makedirs(os.path.dirname(target), exist_ok=True)
     partial = f"{target}{_PARTIAL}{uuid.uuid4().hex}"
     try:
-        fs.get_file(path, partial)
+        download(fs, path, partial, size, f"downloading {uri}")
         os.replace(partial, target)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -111,7 +122,8 @@ def _download(storage: Storage, uri: str, target: str) -> None:
 
 
 @contextlib.contextmanager
-def source_file(storage: Storage, uri: str, video_id: str, keep: bool) -> Iterator[str]:
+def source_file(storage: Storage, uri: str, video_id: str, keep: bool,
+                listed: tuple[int, str] | None = None) -> Iterator[str]:
     """Yield a local path holding the source video `uri`.
 
     Local files: the file itself. Object storage: this node's cached copy, downloaded into
@@ -120,8 +132,15 @@ def source_file(storage: Storage, uri: str, video_id: str, keep: bool) -> Iterat
     video, are removed on leaving (finalize, the last reader). They are also removed when
     the block raises: a video that failed will not be read again. With the cache off
     (FRAMESIFT_SOURCE_CACHE_GB=0) every read downloads to a temporary file, as before.
+
+    `listed`, the (size, version) the listing saw, makes a source that has changed since
+    raise SourceError instead of being read (its id names the listed bytes).
     """
     if not is_remote(uri):
+        if listed is not None:
+            changed = changed_since_listing(_local_info(uri), *listed)
+            if changed:
+                raise SourceError(changed)
         try:
             yield os.path.abspath(local_path(uri))
         except BaseException:
@@ -138,7 +157,7 @@ def source_file(storage: Storage, uri: str, video_id: str, keep: bool) -> Iterat
     try:
         os.utime(target)  # claimed: kept for a minute, then evicted last
     except FileNotFoundError:
-        _download(storage, uri, target)
+        _download(storage, uri, target, listed)
     try:
         yield target
     except BaseException:
@@ -146,6 +165,11 @@ def source_file(storage: Storage, uri: str, video_id: str, keep: bool) -> Iterat
         raise
     if not keep:
         discard(video_id, uri)
+
+
+def _local_info(uri: str) -> dict:
+    """fsspec's info of a local file (size, mtime: what the listing recorded)."""
+    return fsspec.filesystem("file").info(os.path.abspath(local_path(uri)))
 
 
 def discard(video_id: str, uri: str) -> None:

@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pyarrow.parquet as pq
 
-from operators.storage import Storage, StorageError, is_remote, join
+from operators.storage import Storage, StorageError, is_remote, join, read_failure
+from operators.write import SHARD_PREFIX, is_shard, read_files, shard_seq
 
 VIDEO_EXTENSIONS = frozenset(
     ".mp4 .m4v .mov .mkv .webm .avi .mpg .mpeg .ts .mts .m2ts .flv .wmv .3gp .ogv .vob".split()
@@ -69,6 +70,18 @@ def _version_of(info: dict) -> str:
     return ""
 
 
+def changed_since_listing(info: dict, listed_size: int, listed_version: str) -> str | None:
+    """The reason a source's current `info` (fsspec's: size, ETag or mtime) shows it is not
+    the one listed with `listed_size` bytes and version `listed_version`, or None. The
+    video's id names the listed bytes, so a changed source is not read under it: the next
+    run lists the new version under a new id."""
+    size, version = int(info.get("size") or 0), _version_of(info)
+    if size == listed_size and (not listed_version or version == listed_version):
+        return None
+    what = f"{size} bytes, listed with {listed_size}" if size != listed_size else "same size, new version"
+    return f"source changed since it was listed ({what}); the next run processes the new version"
+
+
 def _uri_of(uri_root: str, path: str) -> str:
     if is_remote(uri_root):
         scheme = uri_root.split("://", 1)[0]
@@ -88,7 +101,7 @@ def _stat_uris(storage: Storage, uris: list[str], workers: int = 32) -> list[Vid
             fs, path = storage.fs_for(uri)
             return _source(uri, fs.info(path))
         except Exception as exc:  # noqa: BLE001 - a missing input is recorded, not fatal
-            return VideoSource(video_id_for(uri, 0, ""), uri, 0, "", f"cannot stat input: {exc}")
+            return VideoSource(video_id_for(uri, 0, ""), uri, 0, "", read_failure(exc, uri))
 
     if len(uris) <= 1:
         return [stat(u) for u in uris]
@@ -107,6 +120,8 @@ class ListingPart:
     folders listed recursively; no items means all of `root`. "lines": the URIs of a text
     listing whose line starts at a byte in [start, end). "rowgroups": row groups
     [start, end) of a Parquet listing, column `column`. "single": `root` is one video.
+    "sources": already listed; `items` are the sources themselves (`VideoSource` rows as
+    JSON, see `listed_parts`).
     """
 
     kind: str
@@ -368,6 +383,9 @@ def iter_part(storage: Storage, part: ListingPart) -> Iterator[VideoSource]:
         yield from _stat_stream(storage, _lines(storage, part))
     elif part.kind == "rowgroups":
         yield from _stat_stream(storage, _rowgroup_uris(storage, part))
+    elif part.kind == "sources":
+        for item in part.items:
+            yield VideoSource(**json.loads(item))
     else:
         raise ValueError(f"unknown listing part kind {part.kind!r}")
 
@@ -381,6 +399,17 @@ def iter_sources(storage: Storage, parts: Iterable[ListingPart], limit: int | No
                 return
             n += 1
             yield src
+
+
+def listed_parts(storage: Storage, parts: list[ListingPart], limit: int | None = None,
+                 per_part: int = 10_000) -> list[ListingPart]:
+    """List `parts` now (at most `limit` sources) into "sources" parts of `per_part` sources
+    each, which the job then takes as listed: for small inputs whose listing must be fixed
+    before the run (a test that changes a source between listing and decoding)."""
+    sources = [json.dumps(s.to_row()) for s in iter_sources(storage, parts, limit)]
+    root = parts[0].root if parts else ""
+    return [ListingPart("sources", root, i, items=tuple(sources[a: a + per_part]))
+            for i, a in enumerate(range(0, len(sources), per_part))] or [ListingPart("sources", root, 0)]
 
 
 def read_listing(storage: Storage, uri: str) -> list[str]:
@@ -466,24 +495,68 @@ def _sorted_ids(ids: Iterable[str], chunk: int = 1 << 16) -> np.ndarray:
     return np.unique(np.concatenate([p.astype(f"S{width}") for p in parts]))
 
 
+def _union(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The sorted union of two sorted id arrays (of any widths)."""
+    width = max(a.dtype.itemsize, b.dtype.itemsize, 1)
+    return np.union1d(a.astype(f"S{width}"), b.astype(f"S{width}"))
+
+
+def _contains(ids: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Boolean mask: which of `query` (bytes) are in the sorted array `ids`."""
+    if not len(ids) or not len(query):
+        return np.zeros(len(query), bool)
+    width = max(ids.dtype.itemsize, query.dtype.itemsize)
+    ids, query = ids.astype(f"S{width}"), query.astype(f"S{width}")
+    pos = np.searchsorted(ids, query).clip(0, len(ids) - 1)
+    return ids[pos] == query
+
+
 def done_ids(storage: Storage, output_uri: str, retry_failed: bool = False) -> np.ndarray:
-    """The ids of the videos committed under OUTPUT (their row in videos/) as a sorted
-    bytes array (20 bytes a video); with `retry_failed`, without those committed as
-    failed (which reads each row's status)."""
-    ids = _sorted_ids(n[: -len(".parquet")] for n in iter_committed_names(storage, output_uri)
-                      if n.endswith(".parquet") and not n.startswith("."))
-    if retry_failed and len(ids):
-        failed = _sorted_ids(_failed_ids(storage, output_uri))
+    """The ids of the videos committed under OUTPUT as a sorted bytes array (20 bytes a
+    video): those of the per-video files of videos/ (their names, no read) and of its
+    compacted shards (their video_id column, a shard at a time). With `retry_failed`,
+    without those whose newest row (`operators.write.read_table`'s rule: the per-video
+    file, else the highest-numbered shard) says failed."""
+    shards: list[str] = []
+
+    def per_video() -> Iterator[str]:
+        for n in iter_committed_names(storage, output_uri):
+            if not n.endswith(".parquet") or n.startswith((".", "_")):
+                continue
+            if is_shard(n):
+                shards.append(n)
+            elif not n.startswith(SHARD_PREFIX):
+                yield n[: -len(".parquet")]
+
+    own = _sorted_ids(per_video())
+    failed = _sorted_ids(_failed_per_video(storage, output_uri)) if retry_failed and len(own) else own[:0]
+    folder = storage.fs_for(join(output_uri, "videos"))[1].rstrip("/")
+    ids = own
+    # newest shard first: a video's row there hides its stale copies in older shards
+    for name in sorted(shards, key=lambda n: (shard_seq(n), n), reverse=True):
+        cols = ["video_id", "status"] if retry_failed else ["video_id"]
+        (table,) = read_files(storage, output_uri, [f"{folder}/{name}"], cols)
+        if not table.num_rows:
+            continue
+        vids = np.array([v.encode() for v in table.column("video_id").to_pylist()])
+        if retry_failed and "status" in table.column_names:
+            status = np.array(table.column("status").to_pylist(), dtype=object)
+            newest = ~_contains(ids, vids)
+            failed = _union(failed, np.unique(vids[newest & (status == "failed")]))
+        ids = _union(ids, np.unique(vids))
+    if len(failed):
         ids = np.setdiff1d(ids, failed.astype(ids.dtype), assume_unique=True)
     return ids
 
 
-def _failed_ids(storage: Storage, output_uri: str) -> Iterator[str]:
+def _failed_per_video(storage: Storage, output_uri: str) -> Iterator[str]:
+    """Ids of the videos whose per-video file in videos/ says failed (shards left out)."""
     import pyarrow.dataset as pads
 
     uri = join(output_uri, "videos")
     fs, path = storage.fs_for(uri)
-    dataset = pads.dataset(path, filesystem=fs, format="parquet", exclude_invalid_files=True)
+    dataset = pads.dataset(path, filesystem=fs, format="parquet", exclude_invalid_files=True,
+                           ignore_prefixes=[".", "_", SHARD_PREFIX])
     for batch in dataset.to_batches(columns=["video_id", "status"]):
         d = batch.to_pydict()
         yield from (v for v, s in zip(d["video_id"], d["status"], strict=True) if s == "failed")

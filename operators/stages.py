@@ -1,6 +1,7 @@
 """Ray Data operators: one public callable class per stage, thin wrappers over the pure core.
 
     video rows --DecodeStage--> ChunkRow --EmbedStage--> ChunkRow with embeddings
+                                ChunkRow with thumbs --TransNetStage--> ChunkRow with transition_probs
 
 Each stage declares what one of its tasks or actors asks Ray for (`resources`). A video
 that cannot be read becomes a single failed `ChunkRow` with its reason, so the job records
@@ -12,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -28,10 +30,32 @@ from operators.pipeline import (
 )
 from operators.resources import ClusterShape, Resources
 from operators.source_cache import cache_limit_bytes, current_node_id, put_images, source_file
-from operators.storage import Storage, is_remote
+from operators.storage import Storage, failure_reason, is_remote
 from operators.threads import CPU_FRAMES_PER_THREAD
+from operators.transnet import TransNetV2Detector, pad_context
 
 log = logging.getLogger("framesift")
+
+
+
+def _with_thumb_context(chunks: Iterator[SampledChunk], on: bool) -> Iterator[tuple[SampledChunk, dict]]:
+    """Each chunk with the ChunkRow fields TransNetStage needs to run it alone (the
+    neighbours' thumbnails, `transnet.with_context`), or with none when `on` is False."""
+    if not on:
+        for chunk in chunks:
+            yield chunk, {}
+        return
+    from operators.transnet import with_context
+
+    held: deque[SampledChunk] = deque()
+
+    def thumbs() -> Iterator[np.ndarray]:
+        for chunk in chunks:
+            held.append(chunk)
+            yield chunk.thumbs
+
+    for before, _, after, start in with_context(thumbs()):
+        yield held.popleft(), {"thumbs_before": before, "thumbs_after": after, "thumb_start": int(start)}
 
 
 class DecodeStage:
@@ -61,15 +85,16 @@ class DecodeStage:
         self.carry_frames = carry_frames
 
     @staticmethod
-    def resources(shape: ClusterShape, with_model: bool = True) -> Resources:
+    def resources(shape: ClusterShape, with_model: bool = True, beside: Resources | None = None) -> Resources:
         """One decode task's request. Beside GPU actors (or with no model) a whole CPU.
         Beside a CPU actor, which reserves all but one core, a share of the core left, so
         that one decode task per core runs and fills the time the model leaves. Declaring
         memory also keeps Ray Data from fusing decode into a CPU actor of the same CPU count,
-        which would run decode and model in series."""
+        which would run decode and model in series. `beside`: another actor on the node's
+        CPUs (a CPU TransNetV2 actor), whose share the decode tasks leave too."""
         if shape.embed_on_gpu or not with_model:
             return Resources(cpus=1.0, memory=DecodeStage.MEMORY)
-        spare = shape.node_cpus - EmbedStage.resources(shape).cpus
+        spare = shape.node_cpus - EmbedStage.resources(shape).cpus - (beside.cpus if beside and not beside.gpus else 0)
         return Resources(cpus=spare / max(2, shape.node_cpus), memory=DecodeStage.MEMORY)
 
     def _row(self, src: dict, node_id: str, **values) -> ChunkRow:
@@ -81,6 +106,12 @@ class DecodeStage:
             size = self.sampling.size
             row.frames = np.zeros((0, size, size, 3), np.uint8)
             row.group_of = np.zeros(0, np.int64)
+        if self.sampling.shot_signals and row.signal_index is None:
+            row.signal_index = np.zeros(0, np.int64)
+            row.signal_dist = row.signal_wdist = row.signal_ldist = np.zeros(0, np.float32)
+        if self.sampling.keep_thumbs and row.thumbs is None:
+            row.thumb_index = np.zeros(0, np.int64)
+            row.thumbs = row.thumbs_before = row.thumbs_after = np.zeros((0, 27, 48, 3), np.uint8)
         return row
 
     @staticmethod
@@ -101,7 +132,8 @@ class DecodeStage:
         t0 = time.perf_counter()
         try:
             # a source in object storage stays on this node's disk for finalize to read again
-            with source_file(self.storage, str(src["source_uri"]), vid, keep=True) as path:
+            listed = (int(src.get("size") or 0), str(src.get("version") or "")) if "version" in src else None
+            with source_file(self.storage, str(src["source_uri"]), vid, keep=True, listed=listed) as path:
                 download_s = time.perf_counter() - t0
                 info = probe_video(path)
                 n = sampled_count(info, self.sampling)
@@ -113,13 +145,16 @@ class DecodeStage:
                 chunks = sample_chunks(path, info, self.sampling, encode_images=self.encode_images if carry else None,
                                        image_max_side=self.image_max_side)
                 count = 0
-                for chunk in chunks:
+                for chunk, context in _with_thumb_context(chunks, self.sampling.keep_thumbs):
                     if chunk.images is not None:
                         self._keep_images(vid, count, chunk)
                     yield self._row(
                         src, node_id, **meta, chunk_index=count, frame_index=chunk.frame_index,
                         timestamps=chunk.timestamps, features=chunk.features, frames=chunk.frames,
                         group_of=chunk.group_of, decode_s=chunk.decode_s, features_s=chunk.features_s,
+                        signal_index=chunk.signal_index, signal_dist=chunk.signal_dist,
+                        signal_wdist=chunk.signal_wdist, signal_ldist=chunk.signal_ldist, thumb_index=chunk.thumb_index,
+                        thumbs=chunk.thumbs, **context,
                         download_s=download_s if count == 0 else 0.0,
                         n_embed=len(chunk.frames) if chunk.frames is not None else len(chunk.features),
                     )
@@ -130,7 +165,7 @@ class DecodeStage:
         except DecodeError as exc:
             yield self._row(src, node_id, status=STATUS_FAILED, error=str(exc))
         except Exception as exc:  # noqa: BLE001 - storage errors, decoder crashes: recorded
-            yield self._row(src, node_id, status=STATUS_FAILED, error=f"{type(exc).__name__}: {exc}")
+            yield self._row(src, node_id, status=STATUS_FAILED, error=failure_reason(exc, str(src["source_uri"])))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         """One video per input row (map_batches batch_size=1); yields one batch per chunk."""
@@ -201,4 +236,77 @@ class EmbedStage:
             row.embedding = propagate(part, row.group_of)  # every sampled frame: its representative's
             row.embed_s = elapsed * count / total
             row.frames = row.group_of = None
+        return batch_of(rows)
+
+
+class TransNetStage:
+    """ChunkRows with `thumbs` -> the same rows with `transition_probs` ((m,) float32:
+    TransNetV2's probability that each thumb's frame is a shot transition) and `shots_s`,
+    without the thumbs (`thumb_index` stays: it names the probabilities' frames).
+
+    Stateless across rows: each row carries the context its windows need (`thumbs_before`,
+    `thumbs_after`, `thumb_start`), so rows of many videos may reach any actor of the pool in
+    any order, and every frame's probability equals the whole video's. The model loads once
+    per actor; the windows of all rows of a call run together, `batch_size` per forward pass.
+    A row whose thumbs are malformed becomes a failed row with the reason.
+    """
+
+    def __init__(self, device: str | None = None, dtype: str | None = None, batch_size: int | None = None,
+                 num_threads: int | None = None) -> None:
+        from operators.process import freeze_startup_objects, passive_openmp_waits
+
+        passive_openmp_waits()
+        self.detector = TransNetV2Detector(device=device, dtype=dtype, batch_size=batch_size,
+                                           num_threads=num_threads)
+        freeze_startup_objects()
+
+    @staticmethod
+    def resources(shape: ClusterShape) -> Resources:
+        """One actor's request: a GPU and a CPU to feed it (fp16 there); on CPUs half a core (one
+        torch thread), so that decode tasks still fit beside a CPU embedding actor."""
+        if shape.embed_on_gpu:
+            return Resources(cpus=1.0, gpus=1.0)
+        return Resources(cpus=0.5)  # logical: beside a CPU embedding actor, decode needs room
+
+    @staticmethod
+    def device(shape: ClusterShape) -> str:
+        """Where the actors run the model."""
+        return "cuda" if shape.embed_on_gpu else "cpu"
+
+    @staticmethod
+    def threads(shape: ClusterShape) -> int | None:
+        """Torch threads of a CPU actor: one (None on a GPU)."""
+        return None if shape.embed_on_gpu else 1
+
+    @staticmethod
+    def concurrency(shape: ClusterShape, requested: int | tuple[int, int] | None = None) -> int | tuple[int, int]:
+        """The actor pool: `requested` when given; else one to one per GPU, or one CPU actor."""
+        if requested:
+            return requested
+        return (1, max(1, shape.gpus)) if shape.embed_on_gpu else 1
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Every row's probabilities from one run of all their windows."""
+        rows = rows_of(batch)
+        todo, padded = [], []
+        for row in rows:
+            if row.thumbs is not None and not row.failed:
+                try:
+                    padded.append(pad_context(row.thumbs_before, row.thumbs, row.thumbs_after, row.thumb_start))
+                    padded[-1].window_index()  # enough context? (raises ValueError)
+                    todo.append(row)
+                except ValueError as exc:
+                    padded = padded[:len(todo)]
+                    row.status, row.error = STATUS_FAILED, f"shot detector: {exc}"
+        t0 = time.perf_counter()
+        probs = self.detector.predict_many(padded)
+        elapsed = time.perf_counter() - t0
+        total = max(1, sum(len(p) for p in probs))
+        for row, p in zip(todo, probs, strict=True):
+            row.transition_probs = p.astype(np.float32)
+            row.shots_s = elapsed * len(p) / total
+        for row in rows:
+            if row.transition_probs is None:
+                row.transition_probs = np.zeros(0, np.float32)
+            row.thumbs = row.thumbs_before = row.thumbs_after = None
         return batch_of(rows)

@@ -7,19 +7,126 @@ opens its own filesystem there.
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
+import random
 import shutil
 import tempfile
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import fsspec
+
+log = logging.getLogger("framesift")
+T = TypeVar("T")
 
 
 class StorageError(RuntimeError):
     """A storage location is missing, unreadable or unwritable (raised before work starts)."""
+
+
+class SourceError(RuntimeError):
+    """A source cannot be read as listed, for good (it changed since the listing, say); the
+    message is the one-sentence reason recorded for the video."""
+
+
+class ShortRead(OSError):
+    """A transfer ended with fewer bytes than the object holds: retried, never decoded."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded retries of a whole transfer, on top of the per-request retries botocore and
+    s3fs already make (see docs/decisions.md, *Retries*): at most `attempts` tries, waits
+    drawn uniformly from [0, min(`max_s`, `base_s` * 2**n)] (exponential backoff with full
+    jitter), and no new try that would start after `total_s` seconds."""
+
+    attempts: int = 3
+    base_s: float = 1.0
+    max_s: float = 10.0
+    total_s: float = 120.0
+
+
+RETRY = RetryPolicy()
+retries_made = 0  # whole-transfer retries this process made (for tests and benchmarks)
+_PERMANENT_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EINVAL, errno.EISDIR, errno.ENOTDIR, errno.EEXIST}
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors a later try may not meet: a short transfer, a timeout, a dropped
+    connection, an OSError the store answered with a server error. False for a missing
+    object, denied access, a changed source and other client errors."""
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, SourceError)):
+        return False
+    if isinstance(exc, (ShortRead, TimeoutError, ConnectionError)):
+        return True
+    if isinstance(exc, OSError):
+        return exc.errno not in _PERMANENT_ERRNOS
+    return type(exc).__module__.split(".")[0] in ("aiohttp", "botocore", "aiobotocore", "urllib3", "http")
+
+
+def retrying(fn: Callable[[], T], what: str, policy: RetryPolicy | None = None,
+             sleep: Callable[[float], None] = time.sleep) -> T:
+    """`fn()`, tried again after a transient error (`is_transient`) as `policy` (default
+    `RETRY`) allows; permanent errors and the last transient one are raised. `what` names
+    it in the log."""
+    global retries_made
+    policy = policy or RETRY
+    deadline = time.monotonic() + policy.total_s
+    for attempt in range(policy.attempts):
+        try:
+            return fn()
+        except Exception as exc:
+            wait = random.uniform(0.0, min(policy.max_s, policy.base_s * 2**attempt))
+            if (not is_transient(exc) or attempt + 1 >= policy.attempts
+                    or time.monotonic() + wait > deadline):
+                raise
+            retries_made += 1
+            log.warning("retrying %s in %.1f s (try %d of %d): %s: %s", what, wait, attempt + 2,
+                        policy.attempts, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+            sleep(wait)
+    raise AssertionError("unreachable")
+
+
+def read_failure(exc: BaseException, uri: str) -> str:
+    """One sentence saying why `uri` could not be read: not found, access denied, the
+    SourceError's reason, or the error's first line."""
+    if isinstance(exc, SourceError):
+        return str(exc)
+    if isinstance(exc, FileNotFoundError):
+        return f"object not found: {uri}" if is_remote(uri) else f"file not found: {uri}"
+    if isinstance(exc, PermissionError):
+        return f"access denied to {uri}"
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"cannot read {uri}: {type(exc).__name__}" + (f": {first[:200]}" if first else "")
+
+
+def failure_reason(exc: BaseException, uri: str) -> str:
+    """One sentence for a video's failed row: a storage error's reason (`read_failure`:
+    not found, access denied, changed, ...), else the error's type and first line."""
+    if isinstance(exc, (OSError, SourceError)):
+        return read_failure(exc, uri)
+    first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def download(fs: fsspec.AbstractFileSystem, path: str, target: str, size: int, what: str) -> None:
+    """Copy object `path` to the local file `target`, whole: retried (`retrying`) when a try
+    fails transiently or ends with other than `size` bytes (the size the store listed), so
+    that a partial copy is never taken for the object."""
+
+    def once() -> None:
+        fs.get_file(path, target)
+        got = os.path.getsize(target)
+        if got != size:
+            raise ShortRead(errno.EIO, f"downloaded {got} of {size} bytes")
+
+    retrying(once, what)
 
 
 @dataclass(frozen=True)
@@ -71,7 +178,7 @@ def write_bytes_atomic(storage: Storage, uri: str, data: bytes) -> None:
     """
     fs, path = storage.fs_for(uri)
     if is_remote(uri):
-        fs.pipe_file(path, data)
+        retrying(lambda: fs.pipe_file(path, data), f"writing {uri}")
         return
     folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
@@ -101,8 +208,9 @@ def list_names(storage: Storage, uri: str) -> list[str]:
 def local_copy(storage: Storage, uri: str) -> Iterator[str]:
     """Yield a local file path holding the object's bytes (the path itself for local files).
 
-    Remote objects are downloaded to a temporary file that is removed afterwards, so that
-    decoders can seek freely without holding a whole video in memory.
+    Remote objects are downloaded whole (`download`: retried, the byte count checked) to a
+    temporary file that is removed afterwards, so that decoders can seek freely without
+    holding a whole video in memory.
     """
     if not is_remote(uri):
         yield os.path.abspath(local_path(uri))
@@ -112,7 +220,8 @@ def local_copy(storage: Storage, uri: str) -> Iterator[str]:
     try:
         suffix = os.path.splitext(path)[1]
         target = os.path.join(tmpdir, "video" + suffix)
-        fs.get_file(path, target)
+        info = retrying(lambda: fs.info(path), f"reading {uri}")
+        download(fs, path, target, int(info.get("size") or 0), f"downloading {uri}")
         yield target
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)

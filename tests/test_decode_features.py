@@ -65,7 +65,7 @@ def test_read_frames_full_resolution_and_scaled(shots_video):
 
 @pytest.mark.parametrize(
     "content, reason",
-    [(b"", "empty"), (b"this is not a video at all\n" * 100, "not a decodable video")],
+    [(b"", "empty"), (b"this is not a video at all\n" * 100, "not a video: the file holds text")],
 )
 def test_unreadable_files_raise_a_readable_reason(tmp_path, content, reason):
     path = tmp_path / "bad.mp4"

@@ -17,10 +17,11 @@ from PIL import Image
 
 from jobs import curate
 from jobs.config import ConfigError, CurateConfig
+from operators.features import FEATURE_DIM
 from operators.finalize import FINALIZE_CPUS
 from operators.resources import ClusterShape, largest_node_cpus
 from operators.storage import Storage
-from operators.write import MANIFEST_SCHEMA, SHOTS_SCHEMA, VIDEOS_SCHEMA, read_table
+from operators.write import TABLES, read_table, schema_of
 from tests.conftest import ROOT
 from tests.synthetic import make_shots_video
 
@@ -78,8 +79,11 @@ def test_local_run_exits_zero_and_records_every_input(local_run):
 
 def test_tables_have_their_schemas(local_run):
     out, _, _ = local_run
-    for table, schema in (("manifest", MANIFEST_SCHEMA), ("shots", SHOTS_SCHEMA), ("videos", VIDEOS_SCHEMA)):
-        for f in (out / table).glob("*.parquet"):
+    for table in TABLES:
+        schema = schema_of(table, FEATURE_DIM)
+        files = list((out / table).glob("*.parquet"))
+        assert len(files) == 1 and files[0].name.startswith("part-"), files  # compacted at the end
+        for f in files:
             assert pq.read_schema(f).equals(schema, check_metadata=False), (table, f)
 
 
@@ -121,9 +125,9 @@ def test_shots_method_covers_every_shot_of_the_synthetic_video(local_run):
 
 def test_second_run_writes_nothing_new(local_run, capsys):
     out, _, argv = local_run
-    before = {k: v for k, v in _tree(out).items() if k != "report.json"}
+    before = {k: v for k, v in _tree(out).items() if not k.startswith("report")}
     assert curate.main(argv) == 0
-    after = {k: v for k, v in _tree(out).items() if k != "report.json"}
+    after = {k: v for k, v in _tree(out).items() if not k.startswith("report")}
     assert after == before
     report = json.loads((out / "report.json").read_text())
     assert report["videos"] == {"done": 0, "failed": 0, "skipped": 6}
@@ -134,13 +138,17 @@ def test_crashed_run_resumes_only_uncommitted_videos(local_run, tmp_path):
     out, _, argv = local_run
     copy = tmp_path / "resumed"
     shutil.copytree(out, copy)
-    victim = next((copy / "videos").glob("*.parquet"))
-    victim.unlink()  # as if the worker died before committing this video
+    (shard,) = (copy / "videos").glob("part-*.parquet")
+    rows = pq.read_table(shard)
+    victim = rows.column("video_id")[0].as_py()
+    pq.write_table(rows.slice(1), shard)  # as if the worker died before committing this video
     assert curate.main([argv[0], str(copy), *argv[2:]]) == 0
     report = json.loads((copy / "report.json").read_text())
     assert report["videos"]["skipped"] == 5
     assert report["videos"]["done"] + report["videos"]["failed"] == 1
-    assert victim.exists()
+    assert sorted(read_table(Storage(), str(copy), "videos").column("video_id").to_pylist()) == sorted(
+        rows.column("video_id").to_pylist())
+    assert victim in pq.read_table(copy / "videos").column("video_id").to_pylist()
 
 
 @pytest.fixture(scope="module")

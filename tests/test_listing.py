@@ -31,7 +31,7 @@ from operators.sources import (
     video_id_for,
 )
 from operators.storage import Storage
-from operators.write import write_table
+from operators.write import shard_name, write_table
 
 
 def _old_listing(root: str, fs=None, scheme: str = "") -> list[tuple[str, str]]:
@@ -178,6 +178,33 @@ def test_committed_ids_are_one_sorted_array(tmp_path):
     # --retry-failed: the failed ones count as not done
     retry = ResumeFilter(done_ids(storage, out, retry_failed=True))
     assert retry.committed(ids).tolist() == [i % 3 != 0 for i in range(len(ids))]
+
+
+def test_committed_ids_include_compacted_shards_with_the_newest_row_winning(tmp_path):
+    """After compaction the ids live in videos/part-*.parquet: they are committed too, and
+    --retry-failed takes each video's newest row (the per-video file, else the newest shard)."""
+    from operators.compact import CompactOptions, compact_output
+
+    storage, out = Storage(), str(tmp_path / "out")
+    ids = [video_id_for(f"/v/{i}.mp4", i, "1") for i in range(120)]
+    for i, vid in enumerate(ids[:100]):
+        write_table(storage, out, "videos", vid, [_videos_row(vid, "failed" if i % 4 == 0 else "done")])
+    compact_output(storage, out, options=CompactOptions(shard_rows=30))  # 4 shards
+    assert len(list((tmp_path / "out" / "videos").glob("part-*.parquet"))) == 4
+    assert not list((tmp_path / "out" / "videos").glob("[0-9a-f]*.parquet"))
+    for vid in ids[100:]:
+        write_table(storage, out, "videos", vid, [_videos_row(vid, "done")])
+    assert list(done_ids(storage, out)) == sorted(i.encode() for i in ids)
+    assert sources.committed_video_ids(storage, out) == set(ids)
+    # a retried video's newer per-video row wins over its failed row in a shard, and a newer
+    # shard's failed row over an older shard's done row
+    write_table(storage, out, "videos", ids[0], [_videos_row(ids[0], "done")])
+    newer = {ids[1]: "failed", ids[4]: "done"}  # done and failed in the old shards
+    write_table(storage, out, "videos", "tmp", [_videos_row(v, st) for v, st in newer.items()])
+    os.replace(tmp_path / "out" / "videos" / "tmp.parquet", tmp_path / "out" / "videos" / shard_name(99))
+    failed = {v for i, v in enumerate(ids[:100]) if i % 4 == 0} - {ids[0], ids[4]} | {ids[1]}
+    retry = done_ids(storage, out, retry_failed=True)
+    assert sorted(retry) == sorted(i.encode() for i in set(ids) - failed)
 
 
 def test_the_pacer_holds_the_listing_to_its_window():

@@ -1,0 +1,118 @@
+"""Shots at source-frame precision, independent of --fps: the detector reads every decoded
+frame's thumbnail, not the frames sampled for selection."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from jobs import curate
+from operators.decode import THUMB_SIZE, iter_chunks, probe_video
+from operators.pipeline import SampledVideo, SamplingOptions, SelectOptions, sample_chunks, select_video
+from operators.segment import BoundarySignals, boundary_signals
+from operators.storage import Storage
+from operators.write import read_table
+from tests.synthetic import shot_frames, write_video
+
+FPS = 25
+
+
+def _shots(path: str, fps: float, chunk_frames: int = 64) -> list[dict]:
+    info = probe_video(path)
+    chunks = list(sample_chunks(path, info, SamplingOptions(fps=fps, chunk_frames=chunk_frames, with_model=False)))
+    video = SampledVideo.concat(chunks, [None] * len(chunks), info.duration_s, info.fps)
+    return select_video(video, SelectOptions(method="shots", k=4)).shots
+
+
+@pytest.fixture(scope="module")
+def cut_between_samples(tmp_path_factory) -> str:
+    """Two shots cut at 2.48 s (frame 62 of 25 fps): at 1 fps the samples are frames 0, 25,
+    50, 75, ..., so no two sampled frames lie on either side of the cut closer than 0.5 s."""
+    path = tmp_path_factory.mktemp("cut") / "cut.mp4"
+    write_video(path, np.concatenate([shot_frames(62, 1), shot_frames(63, 2)]), fps=FPS)
+    return str(path)
+
+
+def test_a_cut_between_two_sampled_frames_is_found_to_the_frame(cut_between_samples):
+    for fps in (0.5, 1.0, 2.0):
+        shots = _shots(cut_between_samples, fps)
+        assert [s["start_frame_index"] for s in shots] == [0, 62], (fps, shots)
+        assert shots[1]["start_s"] == pytest.approx(62 / FPS)
+
+
+def test_a_flash_is_no_cut(tmp_path):
+    frames = shot_frames(100, 3)
+    frames[48:50] = 250  # two near-white frames in the middle of one shot
+    path = write_video(tmp_path / "flash.mp4", frames, fps=FPS)
+    assert [s["start_frame_index"] for s in _shots(str(path), 1.0)] == [0]
+
+
+def test_shots_do_not_depend_on_chunking_or_fps(cut_between_samples):
+    base = _shots(cut_between_samples, 1.0)
+    assert _shots(cut_between_samples, 1.0, chunk_frames=1) == base
+    assert [s["start_s"] for s in _shots(cut_between_samples, 2.0, chunk_frames=3)] == [s["start_s"] for s in base]
+
+
+def test_every_source_frame_has_a_thumbnail_once(cut_between_samples):
+    info = probe_video(cut_between_samples)
+    chunks = list(iter_chunks(cut_between_samples, 1.0, 64, chunk_frames=2, info=info, thumbs=True))
+    index = np.concatenate([c.thumb_index for c in chunks])
+    assert np.array_equal(index, np.arange(info.num_frames))  # the tail after the last sample too
+    assert chunks[0].thumbs.shape[1:] == (THUMB_SIZE[1], THUMB_SIZE[0], 3)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 500])
+def test_streamed_signals_equal_the_whole_video_at_once(chunk):
+    feats = np.random.default_rng(0).normal(size=(300, 12)).astype(np.float32)
+    dist, wdist, ldist = boundary_signals(feats, 9, 3)
+    signals, parts = BoundarySignals(9, 3), []
+    for i in range(0, len(feats), chunk):
+        parts.append(signals.push(feats[i : i + chunk], np.arange(i, min(i + chunk, len(feats)))))
+    parts.append(signals.finish())
+    assert np.array_equal(np.concatenate([p[0] for p in parts]), np.arange(300))
+    assert np.array_equal(np.concatenate([p[1] for p in parts]), dist)
+    assert np.array_equal(np.concatenate([p[2] for p in parts]), wdist)
+    assert np.array_equal(np.concatenate([p[3] for p in parts]), ldist)
+    assert dist[0] == wdist[0] == 0.0 and np.all(dist[1:] > 0)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name, truth", [
+    ("Megamind.avi", [4.13, 6.46, 8.38]),
+    ("big_buck_bunny_0_30.webm", [11.80, 15.67, 22.96]),
+])
+def test_job_at_default_options_finds_the_labelled_cuts(shared_videos, tmp_path, ray_local, name, truth):
+    out = tmp_path / "out"
+    assert curate.main([str(shared_videos / name), str(out), "--embedder", "features"]) == 0
+    starts = sorted(r["start_s"] for r in read_table(Storage(), str(out), "shots").to_pylist())[1:]
+    assert len(starts) == len(truth), starts
+    assert np.max(np.abs(np.array(starts) - truth)) <= 0.25, starts
+
+
+def test_in_process_transnetv2_equals_the_whole_video_at_once(cut_between_samples):
+    """The service's path: TransNetV2 over a video's chunks, streamed, as on the whole video."""
+    from operators.pipeline import with_transition_probs
+    from operators.transnet import TransNetV2Detector
+
+    info = probe_video(cut_between_samples)
+    opts = SamplingOptions(fps=1.0, chunk_frames=1, with_model=False, keep_thumbs=True)
+    chunks = list(sample_chunks(cut_between_samples, info, opts))
+    detector = TransNetV2Detector()
+    whole = detector.predict(np.concatenate([c.thumbs for c in chunks]))
+    streamed = with_transition_probs(chunks, detector)
+    assert np.allclose(np.concatenate([c.transition_probs for c in streamed]), whole, atol=1e-5)
+    video = SampledVideo.concat(streamed, [None] * len(streamed), info.duration_s, info.fps)
+    shots = select_video(video, SelectOptions(method="shots", k=4), shot_detector="transnetv2").shots
+    assert [s["start_frame_index"] for s in shots] == [0, 62]
+
+
+@pytest.mark.integration
+def test_job_with_transnetv2_records_it_and_finds_the_cuts(shared_videos, tmp_path, ray_local):
+    out = tmp_path / "out"
+    argv = [str(shared_videos / "Megamind.avi"), str(out), "--embedder", "features", "--shot-detector", "transnetv2"]
+    assert curate.main(argv) == 0
+    shots = read_table(Storage(), str(out), "shots").to_pylist()
+    assert {s["shot_detector"] for s in shots} == {"transnetv2"}
+    assert read_table(Storage(), str(out), "videos").to_pylist()[0]["shot_detector"] == "transnetv2"
+    starts = sorted(s["start_s"] for s in shots)[1:]
+    assert len(starts) == 3 and np.max(np.abs(np.array(starts) - [4.13, 6.46, 8.38])) <= 0.25, starts
