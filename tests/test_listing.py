@@ -114,7 +114,7 @@ def test_a_text_listing_is_cut_at_line_starts(tmp_path, monkeypatch):
     assert set(listed[i] for i in range(1, len(listed)) if listed[i] == listed[i - 1]) <= repeated
     assert list(dict.fromkeys(listed)) == [*files, str(tmp_path / "missing.mp4")]
     got = list({s.source_uri: s for s in iter_sources(storage, parts)}.values())
-    assert got[-1].error.startswith("cannot stat input") and not any(s.error for s in got[:-1])
+    assert got[-1].error.startswith("file not found") and not any(s.error for s in got[:-1])
     fs = fsspec.filesystem("file")
     assert [s.video_id for s in got[:-1]] == [sources._source(f, fs.info(f)).video_id for f in files]
 
