@@ -25,10 +25,12 @@ import sys
 import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
 from benchmarks.common import LocalCluster
+from operators.sources import committed_video_ids
+from operators.storage import Storage
+from operators.write import read_table
 from tests.conftest import ROOT
 from tests.synthetic import make_shots_video
 
@@ -84,8 +86,8 @@ def log_tail(out: Path) -> str:
 
 
 def committed(out: Path) -> set[str]:
-    d = out / "videos"
-    return {p.stem for p in d.glob("*.parquet")} if d.is_dir() else set()
+    """The committed videos' ids (per-video files and compacted shards)."""
+    return committed_video_ids(Storage(), str(out))
 
 
 def wait_for_commits(proc: subprocess.Popen, out: Path, n: int, timeout: float = 180) -> None:
@@ -108,18 +110,19 @@ def snapshot(out: Path) -> dict:
     """What a run wrote, without timings and with OUTPUT's own path taken out: every row of
     manifest/, shots/ and videos/ per video, and a hash of every frame file."""
     prefix = str(out)
-    tables = {}
+    tables: dict = {}
     for table in ("manifest", "shots", "videos"):
-        for f in sorted((out / table).glob("*.parquet")):
-            rows = pq.read_table(f).to_pylist()
-            for r in rows:
-                for k in TIMINGS:
-                    r.pop(k, None)
-                if r.get("image_uri"):
-                    r["image_uri"] = r["image_uri"].replace(prefix, "OUT")
-                if r.get("embedding"):
-                    r["embedding"] = [round(x, 5) for x in r["embedding"]]
-            tables[(table, f.stem)] = rows
+        # per-video files and compacted shards alike, each video's rows once
+        for r in read_table(Storage(), str(out), table).to_pylist():
+            for k in TIMINGS:
+                r.pop(k, None)
+            if r.get("image_uri"):
+                r["image_uri"] = r["image_uri"].replace(prefix, "OUT")
+            if r.get("embedding"):
+                r["embedding"] = [round(x, 5) for x in r["embedding"]]
+            tables.setdefault((table, r["video_id"]), []).append(r)
+    for rows in tables.values():
+        rows.sort(key=lambda r: json.dumps(r, sort_keys=True, default=str))
     frames = {str(p.relative_to(out)): hashlib.sha1(p.read_bytes()).hexdigest()
               for p in sorted((out / "frames").rglob("*")) if p.is_file()}
     return {"tables": tables, "frames": frames}
