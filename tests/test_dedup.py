@@ -157,3 +157,50 @@ def test_second_pass_and_rerun_find_nothing_new(copies_run, capsys) -> None:
     assert sorted(glob.glob(str(out / "dedup" / "*.parquet"))) == before
     assert dedup_cli.main([str(out), "--threshold", "2"]) == 2
     assert dedup_cli.main([str(out / "missing"), "--threshold", "0.9"]) == 1
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def _video_row(vid: str, duration: float) -> dict:
+    return {"video_id": vid, "source_uri": f"/v/{vid}.mp4", "status": "done", "duration_s": duration,
+            "width": 64, "height": 48, "size_bytes": 100}
+
+
+def _frames(vid: str, emb: np.ndarray) -> list[dict]:
+    return [{"video_id": vid, "source_uri": f"/v/{vid}.mp4", "kind": "frame", "frame_index": i,
+             "timestamp_s": float(i), "embedding": e.tolist()} for i, e in enumerate(emb)]
+
+
+@pytest.mark.parametrize("flat_max", [50_000, 0])  # flat index, then IVF for every level
+def test_pass_over_shards_and_stale_copies(tmp_path, flat_max) -> None:
+    """A and B are copies (B shorter), C is distinct but shares one frame with A. The rows sit
+    in a shard, and B also in a newer per-video file (a retry after compaction): B's rows
+    go from both, C's shared frame goes, A stays whole; IVF finds the same."""
+    from operators.compact import compact_output
+    from operators.dedup import dedup_output
+    from operators.write import write_table
+
+    rng = np.random.default_rng(1)
+    a = unit_rows(rng.normal(size=(6, 8)))
+    b = unit_rows(a + 0.01 * rng.normal(size=a.shape))
+    c = unit_rows(rng.normal(size=(6, 8)))
+    c[3] = a[2]
+    storage, out = Storage(), str(tmp_path)
+    for vid, emb, dur in (("A", a, 10.0), ("B", b, 8.0), ("C", c, 10.0)):
+        write_table(storage, out, "manifest", vid, _frames(vid, emb), 8)
+        write_table(storage, out, "videos", vid, [_video_row(vid, dur)])
+    compact_output(storage, out)
+    write_table(storage, out, "manifest", "B", _frames("B", b), 8)  # a newer copy of B
+    res = dedup_output(storage, out, 0.95, flat_max=flat_max)
+    assert res.dropped == {"video": 1, "frame": 1, "clip": 0}
+    assert res.index["video"] == ("IndexFlatIP" if flat_max else "IndexIVFFlat")
+    drops = pq.read_table(res.drops_uri).to_pylist()
+    assert {(d["level"], d["video_id"], d["duplicate_of"], d["timestamp_s"], d["duplicate_timestamp_s"])
+            for d in drops} == {("video", "B", "A", None, None), ("frame", "C", "A", 3.0, 2.0)}
+    m = pd.read_parquet(tmp_path / "manifest")
+    assert sorted(zip(m.video_id, m.timestamp_s, strict=True)) == [
+        *(("A", float(i)) for i in range(6)), *(("C", float(i)) for i in range(6) if i != 3)]
+    compact_output(storage, out)
+    assert read_table(storage, out, "manifest").num_rows == 11
+    assert dedup_output(storage, out, 0.95, flat_max=flat_max).drops_uri is None  # nothing left
