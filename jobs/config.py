@@ -64,6 +64,13 @@ class CurateConfig:
     dedup_threshold: float | None = field(
         default=None, metadata={"help": "drop selected frames more similar than this (cosine)"}
     )
+    dedup_corpus: float | None = field(
+        default=None,
+        metadata={"help": "after the run, drop near-duplicate videos (mean embedding) and then frames "
+                  "and clips across videos at least this similar (cosine), keeping one of each "
+                  "group; drops are listed in OUTPUT/dedup/ (default off; 0.95 suits the "
+                  "features embedder, see docs/decisions.md)"},
+    )
     chunk_frames: int = field(default=defaults.CHUNK_FRAMES, metadata={"help": "sampled frames per chunk row"})
     driver_niceness: int = field(
         default=10,
@@ -198,6 +205,8 @@ class CurateConfig:
             raise ConfigError("--limit must be >= 1")
         if self.dedup_threshold is not None and not -1.0 <= self.dedup_threshold <= 1.0:
             raise ConfigError("--dedup-threshold is a cosine similarity in [-1, 1]")
+        if self.dedup_corpus is not None and not -1.0 <= self.dedup_corpus <= 1.0:
+            raise ConfigError("--dedup-corpus is a cosine similarity in [-1, 1]")
         self.embed_concurrency = parse_concurrency(self.embed_concurrency)
         self._validate_clips()
         from operators.precision import EMBED_DTYPES

@@ -110,7 +110,8 @@ def _coerce(f: dataclasses.Field, value):
     if isinstance(value, bool) or f.name in ("k", "embed_concurrency"):
         return value
     default = f.default
-    kinds = {"fps": float, "dedup_threshold": float, "cascade_ratio": float, "clip_min_s": float,
+    kinds = {"fps": float, "dedup_threshold": float, "dedup_corpus": float, "cascade_ratio": float,
+             "clip_min_s": float,
              "clip_max_s": float, "clip_fps": float, "shard_size_mb": float}
     if f.name in kinds:
         conv = kinds[f.name]
@@ -524,12 +525,22 @@ def clip_settings(cfg: CurateConfig) -> ClipSettings | None:
 
 
 def finish_output(storage: Storage, cfg: CurateConfig, report: dict) -> None:
-    """The end of a run: compact the tables (unless --compact-every 0), write report.json
-    and report.html. Everything is committed already, so a failure here is logged, not
-    raised: `framesift-compact OUTPUT` / `python -m jobs.report OUTPUT` redo either part."""
+    """The end of a run: the corpus dedup pass (--dedup-corpus), compact the tables (unless
+    --compact-every 0), write report.json and report.html. Everything is committed already,
+    so a failure here is logged, not raised: `framesift-dedup OUTPUT`, `framesift-compact
+    OUTPUT` / `python -m jobs.report OUTPUT` redo each part."""
     from operators.compact import compact_output
     from operators.report import write_html_report
 
+    if cfg.dedup_corpus is not None:
+        from dataclasses import asdict
+
+        from operators.dedup import dedup_output
+
+        try:
+            report["dedup"] = asdict(dedup_output(storage, cfg.output, cfg.dedup_corpus))
+        except Exception as exc:  # noqa: BLE001 - the data is committed; the pass can be redone
+            log.error("the dedup pass on %s failed (run framesift-dedup on it): %s", cfg.output, exc)
     if cfg.compact_every:
         try:
             report["compaction"] = compact_output(storage, cfg.output)
@@ -563,6 +574,10 @@ def summary(report: dict) -> str:
         f"  {report['video_seconds']} s of video in {report['wall_seconds']} s "
         f"({report['video_seconds_per_wall_second']}x real time)",
     ]
+    if "dedup" in report:
+        d = report["dedup"]["dropped"]
+        lines.append(f"  dedup-corpus {report['dedup']['threshold']}: dropped {d['video']} video(s), "
+                     f"{d['frame']} frame(s), {d['clip']} clip(s) (see dedup/)")
     for f in report["failures"][:10]:
         lines.append(f"  failed: {f['source_uri']}: {f['error']}")
     more = v["failed"] - min(10, len(report["failures"]))

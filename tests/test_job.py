@@ -331,6 +331,15 @@ def test_cpu_embedding_leaves_room_for_decode_and_finalize(cpus):
     assert plan.embed.cpus + plan.decode.cpus + plan.finalize.cpus <= cpus
 
 
+@pytest.mark.parametrize("cpus", [2, 16])
+def test_a_cpu_transnetv2_stage_leaves_room_for_decode_and_finalize(cpus):
+    plan = curate.plan_stages(ClusterShape.of(cpus, 0), CurateConfig(shot_detector="transnetv2"))
+    assert plan.shots is not None and plan.shots.gpus == 0 and plan.shots_concurrency == 1
+    assert 0 < plan.decode.cpus and 0 < plan.finalize.cpus
+    assert plan.embed.cpus + plan.shots.cpus + plan.decode.cpus + plan.finalize.cpus <= cpus
+    assert curate.plan_stages(ClusterShape.of(cpus, 0), CurateConfig()).shots is None
+
+
 @pytest.mark.parametrize("dense,chunk,ratio,batch,threads", [
     (True, 64, 0.12, 32, None), (True, 16, 0.12, 32, None), (False, 64, 0.12, 32, None),
     (False, 64, 0.25, 32, None), (False, 64, 0.12, 256, None), (False, 4, 0.1, 32, None),

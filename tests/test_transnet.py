@@ -292,7 +292,7 @@ def test_stage_outputs_probs_without_thumbs(detector, segment, whole):
 
     gpu = TransNetStage.resources(ClusterShape(node_cpus=8, gpus=2, embed_on_gpu=True))
     cpu = TransNetStage.resources(ClusterShape(node_cpus=8))
-    assert (gpu.gpus, gpu.cpus, cpu.gpus, cpu.cpus) == (1.0, 1.0, 0.0, 1.0)
+    assert (gpu.gpus, gpu.cpus, cpu.gpus) == (1.0, 1.0, 0.0) and 0 < cpu.cpus < 1  # beside a CPU embed actor
     assert TransNetStage.device(ClusterShape(8, 2, True)) == "cuda"
 
 
