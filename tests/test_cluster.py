@@ -54,11 +54,14 @@ def clips(tmp_path_factory) -> Path:
 def cluster(tmp_path_factory):
     import ray
 
-    if ray.is_initialized():  # the session's ray_local: these tests run their own cluster
+    had_session_ray = ray.is_initialized()
+    if had_session_ray:  # the session's ray_local: these tests run their own cluster
         ray.shutdown()
     c = LocalCluster(tmp_path_factory.mktemp("nodes"), worker_cpus=(1, 1))
     yield c
     c.shutdown()
+    if had_session_ray:  # give the tests after this module the session's Ray back (as conftest starts it)
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
 
 
 def start_job(inp: Path, out: Path, address: str | None) -> subprocess.Popen:
