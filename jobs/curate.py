@@ -258,7 +258,7 @@ def build_dataset(ray, cfg: CurateConfig, storage: Storage, parts: list, spec, p
     answer for the cluster (looked up when None)."""
     import ray.data
 
-    from operators.listing import BLOCK_BYTES, ListSources
+    from operators.listing import BLOCK_BYTES, ListSources, one_video_per_block
     from operators.stages import DecodeStage, EmbedStage
 
     sampling = sampling_options(cfg, spec)
@@ -274,7 +274,7 @@ def build_dataset(ray, cfg: CurateConfig, storage: Storage, parts: list, spec, p
         ListSources(storage, [done_ref if done_ref is not None else np.zeros(0, "S20")], pacer, cfg.limit),
         batch_size=1, batch_format="numpy", num_cpus=0, concurrency=min(len(parts), LISTING_TASKS),
     )
-    ds = ds.repartition(target_num_rows_per_block=1)  # one video per decode task
+    ds = one_video_per_block(ds)
     ds = ds.map_batches(
         DecodeStage(
             storage, sampling,

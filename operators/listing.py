@@ -1,7 +1,7 @@
 """The job's first stage: INPUT's listing as a stream of video rows, resume filter applied.
 
     ListingPart rows --ListSources (tasks)--> video rows (blocks of ~BLOCK_BYTES)
-                     --repartition(1 row a block)--> DecodeStage
+                     --one_video_per_block (zero-CPU repartition)--> DecodeStage
 
 `ListSources` lists its part in order (`sources.iter_part`), drops the videos already
 committed (`ResumeFilter` over the sorted ids in the object store) and yields the rest in
@@ -176,3 +176,14 @@ class ListSources:
         resume = self._filter()
         for text in batch["part"]:
             yield from self.list_part(ListingPart.from_json(str(text)), resume)
+
+
+def one_video_per_block(ds):
+    """`ds` (a Ray Data dataset of video rows) re-cut into blocks of one row, so that each
+    decode task gets one video. `Dataset.repartition(target_num_rows_per_block=1)` runs its
+    tasks with Ray's default of 1 CPU, which a node busy with decode tasks, embedding actors
+    or a Serve app may never free (the run then waits forever); cutting blocks needs no CPU
+    of its own, so its tasks ask for none."""
+    ds = ds.repartition(target_num_rows_per_block=1)
+    ds._logical_plan.dag.ray_remote_args["num_cpus"] = 0  # Ray Data has no public option for it
+    return ds

@@ -21,7 +21,7 @@ from jobs.tally import RunTally
 from operators import sources
 from operators.assemble import VideoAssembler
 from operators.chunk_row import STATUS_FAILED, ChunkRow
-from operators.listing import ListingPacer, ListSources
+from operators.listing import ListingPacer, ListSources, one_video_per_block
 from operators.sources import (
     ResumeFilter,
     done_ids,
@@ -335,7 +335,7 @@ def test_work_starts_before_the_listing_ends_and_the_listing_stays_within_its_wi
         ds = ray.data.from_items([{"part": p.to_json()} for p in parts])
         ds = ds.map_batches(ListSources(storage, [np.zeros(0, "S20")], pacer, block_bytes=block),
                             batch_size=1, num_cpus=0, concurrency=2)
-        ds = ds.repartition(target_num_rows_per_block=1)
+        ds = one_video_per_block(ds)
         ds = ds.map_batches(lambda b: b, batch_size=1, num_cpus=0.5)
         seen, first_totals = [], None
         for row in ds.iter_rows():
