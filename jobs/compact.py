@@ -22,7 +22,7 @@ from operators.compact import (
     TableStats,
     compact_output,
 )
-from operators.storage import Storage, StorageError
+from operators.storage import Storage, StorageError, is_folder
 
 log = logging.getLogger("framesift")
 
@@ -100,9 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         print("framesift-compact: error: --shard-rows and --shard-mb must be > 0", file=sys.stderr)
         return 2
     storage = Storage(endpoint_url=args.s3_endpoint)
-    fs, path = storage.fs_for(args.output)
     try:
-        if not fs.isdir(path):
+        if not is_folder(storage, args.output):
             print(f"framesift-compact: error: OUTPUT {args.output!r} does not exist", file=sys.stderr)
             return 1
         options = CompactOptions(shard_rows=args.shard_rows, shard_bytes=int(args.shard_mb * 2**20))

@@ -15,7 +15,7 @@ import logging
 import sys
 
 from operators.dedup import DedupError, dedup_output
-from operators.storage import Storage, StorageError
+from operators.storage import Storage, StorageError, is_folder
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,9 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         print("framesift-dedup: error: --threshold is a cosine similarity in [-1, 1]", file=sys.stderr)
         return 2
     storage = Storage(endpoint_url=args.s3_endpoint)
-    fs, path = storage.fs_for(args.output)
     try:
-        if not fs.isdir(path):
+        if not is_folder(storage, args.output):
             print(f"framesift-dedup: error: OUTPUT {args.output!r} does not exist", file=sys.stderr)
             return 1
         res = dedup_output(storage, args.output, args.threshold)

@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from operators.report import PAGE_VIDEOS, write_html_report
-from operators.storage import Storage, StorageError
+from operators.storage import Storage, StorageError, is_folder
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,9 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--page-videos", type=int, default=PAGE_VIDEOS, help=f"videos per page (default {PAGE_VIDEOS})")
     args = p.parse_args(argv)
     storage = Storage(endpoint_url=args.s3_endpoint)
-    fs, path = storage.fs_for(args.output)
     try:
-        if not fs.isdir(path):
+        if not is_folder(storage, args.output):
             print(f"report: error: OUTPUT {args.output!r} does not exist", file=sys.stderr)
             return 1
         print(write_html_report(storage, args.output, max(1, args.page_videos)))

@@ -194,6 +194,12 @@ def exists(storage: Storage, uri: str) -> bool:
     return bool(fs.exists(path))
 
 
+def is_folder(storage: Storage, uri: str) -> bool:
+    """Whether `uri` names an existing folder or prefix (an output to work on)."""
+    fs, path = storage.fs_for(uri)
+    return bool(fs.isdir(path))
+
+
 def list_names(storage: Storage, uri: str) -> list[str]:
     """Base names of the entries directly under a folder / prefix; [] when it does not exist."""
     fs, path = storage.fs_for(uri)
