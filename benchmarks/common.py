@@ -117,7 +117,9 @@ def _tree_ticks(root: int) -> dict[int, int]:
 # task its worker ran before.
 DECODE_AND_FINALIZE = "decode + finalize tasks"
 JOB_ROLES = (("EmbedStage", "embedding actor"), ("DecodeStage", DECODE_AND_FINALIZE),
-             ("finalize_video", DECODE_AND_FINALIZE))
+             ("finalize_video", DECODE_AND_FINALIZE), ("finalize_here", DECODE_AND_FINALIZE),
+             ("ListSources", "listing"), ("StreamingRepartition", "listing"),
+             ("jobs.curate", "driver"))  # the last: a job run as its own driver process
 ROLE_ORDER = ("embedding actor", DECODE_AND_FINALIZE, "driver", "Ray")
 IDLE_WORKER = "ray::IDLE"
 
@@ -220,3 +222,74 @@ def wait_until_quiet(limit_s: float, threshold: float = 0.3, window: float = 2.0
             time.sleep(window)
         if m.other_cores < threshold or time.perf_counter() - t0 >= limit_s:
             return time.perf_counter() - t0
+
+
+# --------------------------------------------------------------------------- many nodes
+
+
+class LocalCluster:
+    """A real multi-node Ray cluster on this machine (`ray.cluster_utils.Cluster`): a head
+    that runs no tasks (0 CPUs) and worker nodes, each with its own source cache folder
+    under `root` (so that a finalize that lands off its video's node cannot read that node's
+    copy). It lives in a private Ray temp folder (RAY_TMPDIR, short for Ray's socket paths),
+    so that no other Ray on the machine finds it by ray_current_cluster; the test or
+    benchmark process does not connect to it (drivers get `address` as RAY_ADDRESS)."""
+
+    def __init__(self, root: str | Path, worker_cpus: Sequence[int] = (1, 1), head_cpus: int = 0) -> None:
+        import tempfile
+
+        from ray.cluster_utils import Cluster
+
+        self.root = Path(root)
+        self.tmp = tempfile.mkdtemp(prefix="fsc-", dir="/tmp")
+        self._saved = {k: os.environ.get(k) for k in ("RAY_TMPDIR", "FRAMESIFT_SOURCE_CACHE")}
+        os.environ["RAY_TMPDIR"] = self.tmp
+        self.cluster = Cluster(initialize_head=True, connect=False,
+                               head_node_args={"num_cpus": head_cpus, "include_dashboard": False})
+        self.workers: list = []
+        self._added = 0
+        for i, cpus in enumerate(worker_cpus):
+            self.add_worker(cpus, resources={"gpu_like": 1} if i == 1 else None)
+
+    def add_worker(self, cpus: int = 1, resources: dict | None = None):
+        """A new worker node of `cpus` CPUs with its own cache folder; returns it."""
+        os.environ["FRAMESIFT_SOURCE_CACHE"] = str(self.root / f"cache-{self._added}")  # its raylet inherits it
+        self._added += 1
+        try:
+            node = self.cluster.add_node(num_cpus=cpus, resources=resources or {})
+        finally:
+            _restore("FRAMESIFT_SOURCE_CACHE", self._saved["FRAMESIFT_SOURCE_CACHE"])
+        self.workers.append(node)
+        return node
+
+    @property
+    def address(self) -> str:
+        """The address a driver connects to (RAY_ADDRESS)."""
+        return self.cluster.address
+
+    @staticmethod
+    def raylet_pid(node) -> int:
+        """The pid of a node's raylet (killing it kills the node)."""
+        return node.all_processes["raylet"][0].process.pid
+
+    def remove(self, node) -> None:
+        """Forget a (killed) worker node, stopping what is left of it."""
+        self.cluster.remove_node(node, allow_graceful=False)
+        self.workers.remove(node)
+
+    def shutdown(self) -> None:
+        """Stop every node and remove the private temp folder."""
+        import shutil
+
+        try:
+            self.cluster.shutdown()
+        finally:
+            _restore("RAY_TMPDIR", self._saved["RAY_TMPDIR"])
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _restore(key: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(key, None)
+    else:
+        os.environ[key] = value

@@ -100,7 +100,9 @@ class CurateConfig:
     )
     embed_batch_size: int = field(default=32, metadata={"help": "frames per model batch"})
     embed_concurrency: tuple[int, int] | int | None = field(
-        default=None, metadata={"help": "embedding actors: N or MIN,MAX (default: by resources)"}
+        default=None, metadata={"help": "embedding actors: N or MIN,MAX (default: by resources); the "
+                                "pool starts at MIN, so N,N starts all N at once (GPU clusters: "
+                                "no minutes lost adding one actor at a time)"}
     )
     embed_dtype: str = field(
         default=defaults.EMBED_DTYPE,

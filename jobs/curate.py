@@ -4,7 +4,8 @@
 
 The pipeline (one Ray Data dataset, streaming):
 
-    list + resume filter (driver)
+    ListSources         tasks: list INPUT part by part, drop committed videos (resume),
+                        paced by a ListingPacer actor so the listing never runs far ahead
       -> DecodeStage      CPU tasks: download, decode at model size, features; chunk rows
       -> EmbedStage       actor pool (GPU when there is one): CLIP embeddings per chunk
       -> VideoAssembler   driver: gathers each video's chunk rows (embeddings only)
@@ -23,7 +24,6 @@ import logging
 import os
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -31,7 +31,10 @@ import numpy as np
 
 from jobs.compact import RunCompactor
 from jobs.config import ConfigError, CurateConfig
-from operators.finalize import finalize_resources
+from jobs.tally import RunTally
+from operators.assemble import VideoAssembler
+from operators.chunk_row import ChunkRow
+from operators.finalize import FinalizeSettings, finalize_resources, finalize_video
 from operators.pipeline import (
     SamplingOptions,
     SelectOptions,
@@ -42,7 +45,7 @@ from operators.pipeline import (
 )
 from operators.process import lower_priority
 from operators.resources import ClusterShape, Resources, cluster_shape
-from operators.sources import VIDEO_EXTENSIONS, committed_video_ids, list_inputs
+from operators.sources import VIDEO_EXTENSIONS, done_ids, has_inputs, listed_parts, plan_listing
 from operators.storage import Storage, StorageError, check_writable
 from operators.write import encode_image, read_table, write_report
 
@@ -50,6 +53,7 @@ if TYPE_CHECKING:
     from operators.clips import ClipSettings
 
 log = logging.getLogger("framesift")
+LISTING_TASKS = 4  # listing parts listed at once
 
 
 class JobError(RuntimeError):
@@ -226,30 +230,35 @@ def query_embedding(cfg: CurateConfig, spec) -> np.ndarray | None:
         raise ConfigError(f"cannot read --query-image {cfg.query_image!r}: {exc}") from exc
 
 
-def preflight(cfg: CurateConfig, storage: Storage):
-    """Everything that can fail before work starts: list INPUT, check OUTPUT is writable,
-    resolve the embedder's weights. Returns (sources to do, skipped count, embedder spec)."""
+def preflight(cfg: CurateConfig, storage: Storage, list_now: bool = False):
+    """Everything that can fail before work starts: find INPUT and cut its listing into
+    parts (without listing it), check it holds a video, check OUTPUT is writable, resolve
+    the embedder's weights. Returns (listing parts, embedder spec). With `list_now` the
+    parts are listed here and the run takes their sources as listed (`listed_parts`; small
+    inputs only: a test that changes a source between listing and decoding)."""
     from operators.weights import resolve_embedder
 
     extensions = None if cfg.all_files else VIDEO_EXTENSIONS
-    sources = list_inputs(storage, cfg.input, extensions=extensions, limit=cfg.limit)
-    if not sources:
+    parts = plan_listing(storage, cfg.input, extensions=extensions, limit=cfg.limit)
+    if not has_inputs(storage, parts):
         raise JobError(f"INPUT {cfg.input!r} holds no videos")
     check_writable(storage, cfg.output)
     spec = resolve_embedder(cfg.embedder, cfg.model, cfg.pretrained, cfg.weights)
-    done = committed_video_ids(storage, cfg.output)
-    if cfg.retry_failed and done:
-        videos = read_table(storage, cfg.output, "videos").to_pylist()
-        done -= {r["video_id"] for r in videos if r["status"] == "failed"}
-    todo = [s for s in sources if s.video_id not in done]
-    return todo, len(sources) - len(todo), spec
+    if list_now:
+        parts = listed_parts(storage, parts, cfg.limit)
+    return parts, spec
 
 
-def build_dataset(ray, cfg: CurateConfig, storage: Storage, todo: list, spec, plan: StagePlan | None = None):
-    """The streaming Ray Data dataset of embedded chunk rows for the videos in `todo`;
-    `plan` is `stage_plan`'s answer for the cluster (looked up when None)."""
+def build_dataset(ray, cfg: CurateConfig, storage: Storage, parts: list, spec, plan: StagePlan | None = None,
+                  done_ref=None, pacer=None):
+    """The streaming Ray Data dataset of embedded chunk rows for the videos of `parts`
+    (`plan_listing`'s listing parts) that are not committed yet: `done_ref` is the
+    ObjectRef of `done_ids` (None: nothing committed), `pacer` the ListingPacer actor that
+    keeps the listing from running ahead (None: not paced). `plan` is `stage_plan`'s
+    answer for the cluster (looked up when None)."""
     import ray.data
 
+    from operators.listing import BLOCK_BYTES, ListSources, one_video_per_block
     from operators.stages import DecodeStage, EmbedStage
 
     sampling = sampling_options(cfg, spec)
@@ -259,7 +268,13 @@ def build_dataset(ray, cfg: CurateConfig, storage: Storage, todo: list, spec, pl
                           "use bf16, fp32 or auto")
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = False
-    ds = ray.data.from_items([s.to_row() for s in todo], override_num_blocks=min(len(todo), 10_000))
+    ctx.target_max_block_size = BLOCK_BYTES  # listing blocks pass on every ~1700 videos
+    ds = ray.data.from_items([{"part": p.to_json()} for p in parts], override_num_blocks=len(parts))
+    ds = ds.map_batches(
+        ListSources(storage, [done_ref if done_ref is not None else np.zeros(0, "S20")], pacer, cfg.limit),
+        batch_size=1, batch_format="numpy", num_cpus=0, concurrency=min(len(parts), LISTING_TASKS),
+    )
+    ds = one_video_per_block(ds)
     ds = ds.map_batches(
         DecodeStage(
             storage, sampling,
@@ -309,7 +324,8 @@ def kept_image_frames(cfg: CurateConfig) -> int:
 
 
 def _actor_pool(concurrency: int | tuple[int, int]):
-    """An ActorPoolStrategy of N actors, or autoscaling between (MIN, MAX)."""
+    """An ActorPoolStrategy of N actors, or autoscaling between (MIN, MAX). Ray Data starts
+    a pool at its initial size, MIN unless given: (N, N) starts all N actors at once."""
     import ray.data
 
     if isinstance(concurrency, int):
@@ -319,73 +335,174 @@ def _actor_pool(concurrency: int | tuple[int, int]):
 
 def run(cfg: CurateConfig, listed: tuple | None = None) -> dict:
     """Run the curation job for a validated config; returns the run report (also written to
-    OUTPUT/report.json). Raises JobError / StorageError / WeightsError before any work when
-    the run cannot start. `listed` is `preflight`'s answer when the caller made it already
-    (a test that changes a source between listing and decoding)."""
-    from operators.assemble import VideoAssembler
-    from operators.chunk_row import ChunkRow
-    from operators.finalize import FinalizeSettings, finalize_video
+    OUTPUT/report.json, also when the run is interrupted). Raises JobError / StorageError /
+    WeightsError before any work when the run cannot start. `listed` is `preflight`'s answer
+    when the caller made it already (`preflight(..., list_now=True)`: a test that changes a
+    source between listing and decoding).
 
+    The driver holds no per-video state beyond the videos in flight: the listing streams
+    through the dataset (paced by a ListingPacer actor), the committed ids live in the
+    object store, and the report is aggregated as videos finish (RunTally)."""
     started = time.time()
     storage = Storage(endpoint_url=cfg.s3_endpoint)
-    todo, skipped, spec = listed or preflight(cfg, storage)
-    log.info("embedder: %s; %d video(s) to process, %d already done", spec.name, len(todo), skipped)
+    parts, spec = listed or preflight(cfg, storage)
+    log.info("embedder: %s; INPUT listed in %d part(s)", spec.name, len(parts))
     settings = FinalizeSettings(
         storage=storage, output=cfg.output, select=select_options(cfg), embedder=spec.name,
         shot_detector=shot_detector_for(cfg.shot_detector),
         image_format=cfg.image_format, image_quality=cfg.image_quality, max_side=cfg.max_side,
         query=query_embedding(cfg, spec), clips=clip_settings(cfg), webdataset=cfg.format == "webdataset",
     )
-    roller = None
-    if cfg.format == "webdataset":
-        from operators.shards import ShardRoller
-
-        roller = ShardRoller(storage, cfg.output, int(cfg.shard_size_mb * 2**20))
-    rows: list[dict] = []
-    if todo:
-        ray = init_ray(cfg)
-        lower_priority(cfg.driver_niceness)  # after Ray's local daemons have started
-        plan = stage_plan(ray, cfg, spec.kind == "clip")
-        finalize = ray.remote(max_retries=2, **plan.finalize.ray_options())(finalize_video)
-        settings_ref = ray.put(settings)
-        if roller is not None:
-            roller.bind(ray, **plan.finalize.ray_options())
-        assembler = VideoAssembler()
-        compactor = RunCompactor(ray, storage, cfg.output, cfg.compact_every, plan.finalize.ray_options())
-        inflight: list = []
-        last_log = time.time()
-
-        def drain(limit: int) -> None:
-            nonlocal last_log
-            while len(inflight) > limit:
-                ready, rest = ray.wait(inflight, num_returns=1)
-                inflight[:] = rest
-                row = ray.get(ready[0])
-                rows.append(row)
-                if roller is not None:
-                    roller.committed(row)
-                compactor.committed(row["video_id"])
-                log.debug("%s %s %s", row["status"], row["video_id"], row["source_uri"])
-                if time.time() - last_log > 10 or len(rows) == len(todo):
-                    log.info("videos finished: %d / %d", len(rows), len(todo))
-                    last_log = time.time()
-
-        ds = build_dataset(ray, cfg, storage, todo, spec, plan)
-        for chunk in ds.iter_rows():
-            payload = assembler.add(ChunkRow.from_row(chunk))
-            if payload is not None:
-                inflight.append(finalize.options(**_finalize_placement(payload)).remote(payload, settings_ref))
-                drain(cfg.max_inflight_videos)
-        drain(0)
-        compactor.wait()
-        if assembler.pending:
-            log.error("%d video(s) never received all their chunks", assembler.pending)
-    shards = roller.finish(lambda: done_video_ids(storage, cfg.output)) if roller is not None else None
-    report = make_report(cfg, spec.name, rows, skipped, time.time() - started)
-    if shards is not None:
-        report["shards"] = shards
-    finish_output(storage, cfg, report)
+    ray = init_ray(cfg)
+    lower_priority(cfg.driver_niceness)  # after Ray's local daemons have started
+    loop = RunLoop(ray, cfg, storage, spec, settings)
+    try:
+        loop.run(parts)
+    finally:
+        listing = loop.listing_totals()
+        loop.close()
+        report = loop.tally.report(
+            cfg, spec.name, skipped=listing.get("skipped", 0), wall=time.time() - started,
+            listing=listing, assembler=loop.assembler_stats(), interrupted=not loop.completed,
+        )
+        if loop.shards is not None:
+            report["shards"] = loop.shards
+        if loop.completed:
+            finish_output(storage, cfg, report)
+        else:  # interrupted: the report only; the next run compacts and rolls what is left
+            write_report(storage, cfg.output, report)
+    if listing.get("listed", 1) == 0:
+        raise JobError(f"INPUT {cfg.input!r} holds no videos")
     return report
+
+
+def finalize_here(payload, settings) -> tuple[dict, str]:
+    """`finalize_video`, and the node it ran on (for the report's placement counts)."""
+    from operators.source_cache import current_node_id
+
+    return finalize_video(payload, settings), current_node_id()
+
+
+class RunLoop:
+    """The driver's loop: chunk rows from the dataset into the assembler, each complete
+    video to a finalize task on the node that cached its source, the rows it commits into
+    the tally, the shard roller (--format webdataset) and the run's compactor; it tells the
+    pacer how many videos have reached it. After the loop it rolls the last shards
+    (`shards`: `ShardRoller.finish`'s answer, None without webdataset)."""
+
+    PROGRESS_EVERY = 32  # videos between reports to the pacer (<< its window)
+
+    def __init__(self, ray, cfg: CurateConfig, storage: Storage, spec, settings) -> None:
+        from operators.listing import ListingPacer
+
+        self.ray, self.cfg, self.storage, self.spec, self.settings = ray, cfg, storage, spec, settings
+        self.tally = RunTally()
+        self.assembler = VideoAssembler()
+        self.completed = False
+        self.started_videos = 0
+        self._reported = 0
+        self._inflight: dict = {}  # finalize ObjectRef -> (video_id, source_uri, source node)
+        self._last_log = time.time()
+        self._given_up_seen = 0
+        self.roller = None
+        self.compactor = None
+        self.shards: dict | None = None
+        if cfg.format == "webdataset":
+            from operators.shards import ShardRoller
+
+            self.roller = ShardRoller(storage, cfg.output, int(cfg.shard_size_mb * 2**20))
+        here = ray.get_runtime_context().get_node_id()
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        # on the driver's node: it lives exactly as long as the run
+        self.pacer = ray.remote(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False))(
+            ListingPacer).remote()
+
+    def listing_totals(self) -> dict:
+        """The pacer's listed / skipped / emitted counts ({} when it cannot be asked)."""
+        try:
+            return self.ray.get(self.pacer.totals.remote(), timeout=30)
+        except Exception:  # noqa: BLE001 - a report without listing counts, not no report
+            return {}
+
+    def close(self) -> None:
+        """End the pacer actor (a worker process): a process may run several jobs."""
+        try:
+            self.ray.kill(self.pacer)
+        except Exception:  # noqa: BLE001 - already gone with its node or the cluster
+            pass
+
+    def assembler_stats(self) -> dict:
+        """How full the assembler got, and what it dropped or gave up."""
+        a = self.assembler
+        return {"peak_videos": a.peak_videos, "peak_bytes": a.peak_bytes, "duplicate_rows": a.duplicates,
+                "given_up": len(a.given_up), "never_completed": a.pending}
+
+    def run(self, parts: list) -> None:
+        """Stream the dataset to the end, then wait for every finalize task."""
+        ray, cfg = self.ray, self.cfg
+        plan = stage_plan(ray, cfg, self.spec.kind == "clip")
+        self.finalize = ray.remote(max_retries=2, **plan.finalize.ray_options())(finalize_here)
+        self.settings_ref = ray.put(self.settings)
+        if self.roller is not None:
+            self.roller.bind(ray, **plan.finalize.ray_options())
+        self.compactor = RunCompactor(ray, self.storage, cfg.output, cfg.compact_every, plan.finalize.ray_options())
+        done_ref = ray.remote(num_cpus=0)(done_ids).remote(self.storage, cfg.output, cfg.retry_failed)
+        ds = build_dataset(ray, cfg, self.storage, parts, self.spec, plan, done_ref=done_ref, pacer=self.pacer)
+        for chunk in ds.iter_rows():
+            row = ChunkRow.from_row(chunk)
+            if row.chunk_index == 0:
+                self.started_videos += 1
+                if self.started_videos - self._reported >= self.PROGRESS_EVERY:
+                    self._progress()
+            payload = self.assembler.add(row)
+            for vid, uri in self._take_given_up():
+                log.error("gave up %s (%s): its chunks stopped arriving; not committed, a re-run "
+                          "processes it", vid, uri)
+            if payload is not None:
+                ref = self.finalize.options(**_finalize_placement(payload)).remote(payload, self.settings_ref)
+                self._inflight[ref] = (payload.meta["video_id"], payload.meta["source_uri"], payload.node_id)
+                self._drain(cfg.max_inflight_videos)
+        self._progress()
+        self._drain(0)
+        self.compactor.wait()
+        for vid, uri in self.assembler.pending_videos():
+            log.error("%s (%s) never received all its chunks; not committed, a re-run processes it", vid, uri)
+        self.tally.uncommitted += self.assembler.pending + len(self.assembler.given_up)
+        if self.roller is not None:
+            self.shards = self.roller.finish(lambda: done_video_ids(self.storage, cfg.output))
+        self.completed = True
+
+    def _take_given_up(self) -> list:
+        out = self.assembler.given_up[self._given_up_seen:]
+        self._given_up_seen = len(self.assembler.given_up)
+        return out
+
+    def _progress(self) -> None:
+        self._reported = self.started_videos
+        self.pacer.progress.remote(self.started_videos)
+
+    def _drain(self, limit: int) -> None:
+        ray = self.ray
+        while len(self._inflight) > limit:
+            ready, _ = ray.wait(list(self._inflight), num_returns=1)
+            vid, uri, node = self._inflight.pop(ready[0])
+            try:
+                row, ran_on = ray.get(ready[0])
+            except ray.exceptions.RayError as exc:  # the task's node died past its retries
+                log.error("finalize of %s (%s) failed: %s; not committed, a re-run processes it",
+                          vid, uri, str(exc).splitlines()[0])
+                self.tally.uncommitted += 1
+                continue
+            self.tally.add(row, source_node=node, ran_on=ran_on)
+            if self.roller is not None:
+                self.roller.committed(row)
+            self.compactor.committed(row["video_id"])
+            log.debug("%s %s %s", row["status"], row["video_id"], row["source_uri"])
+            if time.time() - self._last_log > 10:
+                log.info("videos finished: %d (%d received, %d in flight)", self.tally.finished,
+                         self.started_videos, self.assembler.pending)
+                self._last_log = time.time()
 
 
 def done_video_ids(storage: Storage, output: str) -> set[str]:
@@ -438,37 +555,12 @@ def finish_output(storage: Storage, cfg: CurateConfig, report: dict) -> None:
 
 def _finalize_placement(payload) -> dict:
     """Ray options that run a video's finalize on the node that decoded it, which holds the
-    source it downloaded (soft: anywhere else when that node is gone or full)."""
+    source it downloaded (soft: anywhere else when that node is gone)."""
     if not payload.node_id:
         return {}
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     return {"scheduling_strategy": NodeAffinitySchedulingStrategy(payload.node_id, soft=True)}
-
-
-def make_report(cfg: CurateConfig, embedder: str, rows: list[dict], skipped: int, wall: float) -> dict:
-    """The run report: counts per status, frames, throughput and time per stage."""
-    status = Counter(r["status"] for r in rows)
-    done = [r for r in rows if r["status"] == "done"]
-    video_s = float(sum(r["duration_s"] or 0 for r in done))
-    stages = ("download_s", "decode_s", "features_s", "embed_s", "select_s", "write_s")
-    return {
-        "input": cfg.input,
-        "output": cfg.output,
-        "method": cfg.method,
-        "k": cfg.k,
-        "fps": cfg.fps,
-        "embedder": embedder,
-        "videos": {"done": status["done"], "failed": status["failed"], "skipped": skipped},
-        "frames_sampled": int(sum(r["frames_sampled"] for r in done)),
-        "frames_embedded": int(sum(r["frames_embedded"] for r in done)),
-        "frames_kept": int(sum(r["frames_selected"] for r in done)),
-        "video_seconds": round(video_s, 2),
-        "wall_seconds": round(wall, 2),
-        "video_seconds_per_wall_second": round(video_s / wall, 2) if wall > 0 else None,
-        "stage_seconds": {s: round(sum(float(r.get(s) or 0) for r in done), 3) for s in stages},
-        "failures": [{"source_uri": r["source_uri"], "error": r["error"]} for r in rows if r["status"] == "failed"],
-    }
 
 
 def summary(report: dict) -> str:
@@ -488,14 +580,20 @@ def summary(report: dict) -> str:
                      f"{d['frame']} frame(s), {d['clip']} clip(s) (see dedup/)")
     for f in report["failures"][:10]:
         lines.append(f"  failed: {f['source_uri']}: {f['error']}")
-    if len(report["failures"]) > 10:
-        lines.append(f"  ... and {len(report['failures']) - 10} more failures (see videos/)")
+    more = v["failed"] - min(10, len(report["failures"]))
+    if more > 0:
+        lines.append(f"  ... and {more} more failures (see videos/)")
+    if report.get("uncommitted"):
+        lines.append(f"  {report['uncommitted']} video(s) not committed (see the log); a re-run processes them")
+    if report.get("interrupted"):
+        lines.append("  interrupted: re-run the same command to resume (committed videos are skipped)")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns the process exit code (0 when at least one video is
-    done or everything was already done, 1 when none succeeded, 2 on bad usage)."""
+    done or everything was already done, 1 when none succeeded, 2 on bad usage, 3 when some
+    videos could not be committed (a re-run processes them), 130 when interrupted)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     from operators.weights import WeightsError
@@ -503,6 +601,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config_from_args(argv)
         report = run(cfg)
+    except KeyboardInterrupt:
+        print("framesift: interrupted; committed videos are kept, re-run the same command to resume",
+              file=sys.stderr)
+        return 130
     except ConfigError as exc:
         print(f"framesift: error: {exc}", file=sys.stderr)
         return 2
@@ -514,6 +616,8 @@ def main(argv: list[str] | None = None) -> int:
     if v["done"] == 0 and v["skipped"] == 0:
         print("framesift: error: no video could be processed", file=sys.stderr)
         return 1
+    if report.get("uncommitted"):
+        return 3
     return 0
 
 

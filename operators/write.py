@@ -210,6 +210,11 @@ class TableFiles:
         return [*((p, i) for i, p in enumerate(self.shards)), *((p, top) for p in self.videos.values())]
 
 
+def is_shard(name: str) -> bool:
+    """Whether a file name is a compacted shard's (part-<seq>-<tag>.parquet)."""
+    return _SHARD_RE.match(name) is not None
+
+
 def shard_seq(path: str) -> int:
     """The sequence number in a shard's name."""
     return int(_SHARD_RE.match(path.rsplit("/", 1)[-1]).group(1))

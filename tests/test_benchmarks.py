@@ -42,7 +42,7 @@ def runnable(module) -> bool:
 
 
 def test_the_benchmarks_are_found():
-    assert {"speed", "gpu_check", "common"} <= set(MODULES)
+    assert {"speed", "gpu_check", "common", "scale"} <= set(MODULES)
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -387,3 +387,91 @@ def test_runtime_env_installs_only_project_dependencies() -> None:
     names = {Requirement(p).name.lower().replace("_", "-") for p in pip}
     assert "ray" not in names, "the job must use the cluster's own Ray"
     assert names <= project_dependencies(), f"not in pyproject.toml: {names - project_dependencies()}"
+
+
+# --------------------------------------------------------------------------- resources vs code
+
+# What the launcher's instance types have (AWS): vCPUs, memory (GiB), GPUs.
+INSTANCE_TYPES = {"m6i.2xlarge": (8, 32, 0), "c6i.8xlarge": (32, 64, 0), "g5.2xlarge": (8, 32, 1),
+                  "g6.2xlarge": (8, 32, 1)}
+RAY_MEMORY_SHARE = 0.7  # Ray's `memory` resource: what the object store (30% by default) leaves
+
+
+def k8s_quantity(value: str) -> float:
+    """A Kubernetes quantity ("16", "500m", "32Gi") as a number (bytes for memory)."""
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "m": 1e-3}
+    for suffix, factor in units.items():
+        if str(value).endswith(suffix):
+            return float(str(value)[: -len(suffix)]) * factor
+    return float(value)
+
+
+def check_requests_fit(nodes: dict[str, tuple[float, float, float]], argv: list[str], where: str) -> None:
+    """Every stage's request, as the code makes it on a cluster of these `nodes` ({name:
+    (CPUs, memory bytes, GPUs)}; the head has 0 CPUs), fits some node: the embedding actor a
+    GPU node, decode and finalize a CPU node, and a node's decode tasks are bounded by its
+    CPUs, not by Ray's memory resource."""
+    from jobs.curate import config_from_args, plan_stages
+    from operators.resources import ClusterShape
+
+    cfg = config_from_args(argv)
+    workers = {n: r for n, r in nodes.items() if r[0] > 0}
+    shape = ClusterShape.of(max(r[0] for r in workers.values()), sum(r[2] for r in workers.values()),
+                            cfg.embed_device)
+    plan = plan_stages(shape, cfg, with_model=cfg.embedder != "features")
+    if plan.embed is not None:
+        gpu_nodes = {n: r for n, r in workers.items() if r[2] >= plan.embed.gpus > 0} if plan.embed.gpus else workers
+        assert gpu_nodes, f"{where}: no node has a GPU for the embedding actor"
+        assert all(r[0] >= plan.embed.cpus for r in gpu_nodes.values()), f"{where}: the actor's CPUs do not fit"
+    for name, (cpus, memory, _) in workers.items():
+        assert cpus >= plan.decode.cpus and cpus >= plan.finalize.cpus, f"{where}/{name}: a decode task does not fit"
+        per_node = int(cpus / plan.decode.cpus)
+        assert per_node * (plan.decode.memory or 0) <= RAY_MEMORY_SHARE * memory, (
+            f"{where}/{name}: {per_node} decode tasks of {plan.decode.memory / 2**20:.0f} MiB exceed Ray's memory")
+
+
+def test_rayjob_groups_fit_the_codes_requests() -> None:
+    job = load_one(RAYJOB, "RayJob")
+    cluster = job["spec"]["rayClusterSpec"]
+    nodes = {"head": (0.0, 16 * 2**30, 0.0)}
+    for g in cluster["workerGroupSpecs"]:
+        limits = g["template"]["spec"]["containers"][0]["resources"]["limits"]
+        # an autoscaled group at its largest
+        for i in range(max(1, g["maxReplicas"])):
+            nodes[f"{g['groupName']}-{i}"] = (k8s_quantity(limits["cpu"]), k8s_quantity(limits["memory"]),
+                                              k8s_quantity(limits.get("nvidia.com/gpu", 0)))
+    argv = curate_argv(job["spec"]["entrypoint"])
+    check_requests_fit(nodes, ["in", "out", *argv[2:]], "RayJob")
+
+
+def test_launcher_node_types_fit_the_codes_requests() -> None:
+    cfg = load_one(LAUNCHER)
+    nodes = {}
+    for name, t in cfg["available_node_types"].items():
+        cpus, mem_gib, gpus = INSTANCE_TYPES[t["node_config"]["InstanceType"]]
+        cpus = t.get("resources", {}).get("CPU", cpus)
+        for i in range(max(1, t.get("max_workers", 1))):
+            nodes[f"{name}-{i}"] = (float(cpus), mem_gib * 2**30, float(gpus))
+    argv = ["in", "out", "--embedder", "clip", "--embed-concurrency", "1,4"]  # as cluster/README.md runs it
+    check_requests_fit(nodes, argv, "ray-cluster.yaml")
+
+
+def test_the_resource_check_catches_a_node_too_small() -> None:
+    with pytest.raises(AssertionError, match="exceed Ray's memory"):
+        check_requests_fit({"head": (0, 2**34, 0), "w": (16, 4 * 2**30, 0)}, ["in", "out", "--embedder", "features"],
+                           "small")
+    with pytest.raises(AssertionError, match="no node has a GPU"):
+        check_requests_fit({"head": (0, 2**34, 0), "w": (16, 2**36, 0)},
+                           ["in", "out", "--embedder", "clip", "--embed-device", "gpu"], "no GPU")
+
+
+def test_a_fixed_embedding_pool_starts_at_full_size() -> None:
+    """--embed-concurrency N,N starts all N actors at once (Ray Data starts a pool at its
+    initial size, min_size unless given); 1,N starts one and adds the others one by one."""
+    from jobs.curate import _actor_pool
+
+    full = _actor_pool((4, 4))
+    assert (full.min_size, full.max_size, full.initial_size) == (4, 4, 4)
+    grows = _actor_pool((1, 4))
+    assert (grows.min_size, grows.max_size, grows.initial_size) == (1, 4, 1)
+    assert _actor_pool(3).initial_size == 3

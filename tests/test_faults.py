@@ -53,7 +53,7 @@ def fault_run(tmp_path_factory, ray_local):
     cases = build_fault_corpus(folder / "in")
     out = folder / "out"
     cfg = curate.config_from_args([str(folder / "in"), str(out), *JOB_FLAGS])
-    listed = curate.preflight(cfg, Storage())
+    listed = curate.preflight(cfg, Storage(), list_now=True)  # listed here, decoded by the run
     for case in cases:
         if case.after_listing:
             case.after_listing()

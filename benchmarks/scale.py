@@ -1,0 +1,337 @@
+"""The job at scale on this machine: many nodes, many inputs, a node killed.
+
+    python -m benchmarks.scale                      # every table
+    python -m benchmarks.scale --only nodes,kill    # some of them
+    python -m benchmarks.scale --rss-inputs 1000,20000 --rss-process 1000
+
+Tables (each ratio against a baseline measured in the same run):
+
+- nodes: video-seconds per wall second and per CPU-second of the job (training-free
+  embedder, 2 s synthetic clips) on one 2-CPU worker node against two 1-CPU worker nodes
+  (a head with no CPUs either way: `ray.cluster_utils.Cluster`, real raylets), on the same
+  cores; and the CPU-seconds per video, the per-video fixed overhead (all processes: Ray,
+  driver, decode, finalize). Targets: two nodes >= 0.9x one; under 0.1 CPU-s a video.
+- overhead: the per-video fixed cost, marginal (3N clips against N), by process role.
+  Target: under 0.1 CPU-s a video.
+- rss: the driver's peak RSS (VmHWM of the driver process) for N inputs, a listing file
+  naming hard links of one small clip; with --rss-process P < N, all but P of them are
+  committed first (real commit records), so every run lists and filters N inputs and
+  processes P. Target: 20,000 within 1.2x of 1,000.
+- assembler: what one driver can take: chunk rows per second through ChunkRow.from_row +
+  VideoAssembler.add (64 frames a row, 512-d float16 embeddings, 1 and 8 rows a video),
+  and through Ray Data's iter_rows on this machine.
+- kill: a worker node's raylet killed after the first commits: videos committed, lost,
+  finalized off their node, duplicate rows dropped, wall time against the run without.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.common import REPO, CpuMeter, LocalCluster, markdown_table
+
+TABLES = ("nodes", "overhead", "rss", "assembler", "kill")
+JOB_ARGS = ["--embedder", "features", "--fps", "4", "--k", "3", "--method", "kmeans"]
+CLIP_SECONDS = 2.0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    p = argparse.ArgumentParser(prog="python -m benchmarks.scale", description=__doc__.split("\n\n")[0])
+    p.add_argument("--only", default=",".join(TABLES), help=f"tables to print, of {','.join(TABLES)}")
+    p.add_argument("--clips", type=int, default=48, help="2 s clips per throughput run")
+    p.add_argument("--runs", type=int, default=2, help="runs of each cluster shape, alternating")
+    p.add_argument("--rss-inputs", default="1000,20000", help="input counts of the RSS table")
+    p.add_argument("--rss-process", type=int, default=1000,
+                   help="videos each RSS run processes (the rest are committed first); 0 = all")
+    return p.parse_args(argv)
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def make_clip(path: Path, seconds: float = CLIP_SECONDS) -> Path:
+    """One synthetic clip (two shots, 160x120 at 10 fps)."""
+    from tests.synthetic import make_shots_video
+
+    make_shots_video(path, [seconds / 2, seconds / 2], fps=10, seed=1)
+    return path
+
+
+def linked_clips(folder: Path, clip: Path, n: int) -> list[Path]:
+    """`n` names (hard links) of one clip: distinct inputs with distinct ids, one file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i in range(n):
+        p = folder / f"clip-{i:06d}.mp4"
+        if not p.exists():
+            os.link(clip, p)
+        out.append(p)
+    return out
+
+
+def driver(inp: str, out: Path, address: str, extra: list[str] | None = None) -> subprocess.Popen:
+    """The job as its own driver process on the cluster at `address`; it prints its peak
+    RSS (VmHWM, kB) as its last line."""
+    code = ("import sys; from jobs.curate import main; rc = main(sys.argv[1:]); "
+            "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]; "
+            "print('PEAK_RSS_KB', hwm.split()[1]); sys.exit(rc)")
+    env = {**os.environ, "RAY_ADDRESS": address, "PYTHONPATH": str(REPO)}
+    log = open(f"{out}.log", "w")
+    return subprocess.Popen([sys.executable, "-c", code, inp, str(out), *JOB_ARGS, *(extra or [])],
+                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def finished(proc: subprocess.Popen, out: Path, timeout: float = 3600) -> dict:
+    """Wait for a driver; its report.json plus `rc` and `peak_rss_mb`."""
+    rc = proc.wait(timeout=timeout)
+    text = Path(f"{out}.log").read_text()
+    rss = [ln.split()[1] for ln in text.splitlines() if ln.startswith("PEAK_RSS_KB")]
+    rep = json.loads((out / "report.json").read_text()) if (out / "report.json").exists() else {}
+    if rc not in (0, 3):
+        print(text[-3000:], file=sys.stderr)
+    return {**rep, "rc": rc, "peak_rss_mb": int(rss[-1]) / 1024 if rss else float("nan")}
+
+
+def committed(out: Path) -> int:
+    d = out / "videos"
+    return len(list(d.glob("*.parquet"))) if d.is_dir() else 0
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def table_nodes(work: Path, args) -> str:
+    clips = linked_clips(work / "clips", make_clip(work / "clip.mp4"), args.clips)
+    video_s = CLIP_SECONDS * len(clips)
+    shapes = {"one node, 2 CPUs": (2,), "two nodes, 1 CPU each": (1, 1)}
+    results: dict[str, list] = {k: [] for k in shapes}
+    for run in range(args.runs):
+        for name, cpus in shapes.items():
+            cluster = LocalCluster(work / f"nodes-{run}-{len(cpus)}", worker_cpus=cpus)
+            try:
+                out = work / f"out-{run}-{len(cpus)}"
+                with CpuMeter() as m:
+                    rep = finished(driver(str(work / "clips"), out, cluster.address), out)
+                assert rep["videos"]["done"] == len(clips), rep
+                results[name].append((m.wall, m.own_s, m.other_cores))
+            finally:
+                cluster.shutdown()
+            shutil.rmtree(work / f"out-{run}-{len(cpus)}", ignore_errors=True)
+    rows, base = [], None
+    for name, runs in results.items():
+        wall = min(r[0] for r in runs)
+        cpu = min(r[1] for r in runs)
+        per_wall, per_cpu = video_s / wall, video_s / cpu
+        base = base or (per_wall, per_cpu)
+        rows.append([name, f"{wall:.1f}", f"{per_wall:.2f}", f"{per_wall / base[0]:.2f}x", f"{per_cpu:.2f}",
+                     f"{per_cpu / base[1]:.2f}x", f"{cpu / len(clips):.3f}",
+                     f"{max(r[2] for r in runs):.1f}"])
+    head = ["cluster (+ head, 0 CPUs)", "wall s (best)", "video-s / wall-s", "vs one node", "video-s / CPU-s",
+            "vs one node", "CPU-s / video", "other load (cores)"]
+    return (f"{len(clips)} clips of {CLIP_SECONDS:.0f} s, {args.runs} run(s) each, best run\n\n"
+            + markdown_table(head, rows))
+
+
+def table_overhead(work: Path, args) -> str:
+    """CPU-seconds per video as the marginal cost: (CPU of a run of 3N clips - CPU of a run
+    of N) / 2N on one 2-CPU node, by role, so that what a run pays once (driver start-up,
+    Ray Data's planning, worker start-up) does not count."""
+    clip = make_clip(work / "ov-clip.mp4")
+    n = max(8, args.clips // 2)
+    cluster = LocalCluster(work / "ov-nodes", worker_cpus=(2,))
+    meters = {}
+    try:
+        for count in (n, 3 * n):
+            linked_clips(work / f"ov-{count}", clip, count)
+            out = work / f"ov-out-{count}"
+            with CpuMeter() as m:
+                rep = finished(driver(str(work / f"ov-{count}"), out, cluster.address), out)
+            assert rep["videos"]["done"] == count, rep
+            meters[count] = m
+    finally:
+        cluster.shutdown()
+    small, big = meters[n], meters[3 * n]
+    roles = sorted(set(small.by_role) | set(big.by_role))
+    rows = [[role, f"{small.by_role.get(role, 0):.1f}", f"{big.by_role.get(role, 0):.1f}",
+             f"{(big.by_role.get(role, 0) - small.by_role.get(role, 0)) / (2 * n):.3f}"] for role in roles]
+    rows.append(["all", f"{small.own_s:.1f}", f"{big.own_s:.1f}", f"{(big.own_s - small.own_s) / (2 * n):.3f}"])
+    head = ["process role", f"CPU-s, {n} clips", f"CPU-s, {3 * n} clips", "CPU-s per video (marginal)"]
+    return (f"2 s clips (160x120, 10 fps), one 2-CPU worker node + head; other load during the runs: "
+            f"{small.other_cores:.1f} / {big.other_cores:.1f} cores\n\n" + markdown_table(head, rows))
+
+
+def _prefill(out: Path, listing: Path, keep: int) -> int:
+    """Commit records for every input of `listing` but the last `keep` (as an earlier run
+    would have left them); returns how many were written."""
+    from operators.sources import iter_sources, plan_listing
+    from operators.storage import Storage
+    from operators.write import write_table
+
+    storage = Storage()
+    sources = list(iter_sources(storage, plan_listing(storage, str(listing))))
+    for s in sources[: max(0, len(sources) - keep)]:
+        write_table(storage, str(out), "videos", s.video_id, [{
+            "video_id": s.video_id, "source_uri": s.source_uri, "status": "done", "frames_sampled": 0}])
+    return max(0, len(sources) - keep)
+
+
+def table_rss(work: Path, args) -> str:
+    counts = [int(x) for x in args.rss_inputs.split(",") if x]
+    clip = make_clip(work / "rss-clip.mp4")
+    cluster = LocalCluster(work / "rss-nodes", worker_cpus=(2,))
+    rows, base = [], None
+    try:
+        for n in counts:
+            files = linked_clips(work / "rss-clips", clip, n)
+            listing = work / f"list-{n}.txt"
+            listing.write_text("".join(f"{f}\n" for f in files[:n]))
+            out = work / f"rss-out-{n}"
+            process = args.rss_process or n
+            pre = _prefill(out, listing, process) if process < n else 0
+            t0 = time.perf_counter()
+            rep = finished(driver(str(listing), out, cluster.address), out)
+            wall = time.perf_counter() - t0
+            base = base or rep["peak_rss_mb"]
+            rows.append([f"{n:,}", f"{pre:,}", f"{rep['videos']['done'] + rep['videos']['failed']:,}",
+                         f"{rep['videos']['skipped']:,}", f"{rep['peak_rss_mb']:.0f}",
+                         f"{rep['peak_rss_mb'] / base:.2f}x", str(rep.get("listing", {}).get("peak_ahead", "")),
+                         str(rep.get("assembler", {}).get("peak_videos", "")), f"{wall:.0f}"])
+            shutil.rmtree(out, ignore_errors=True)
+    finally:
+        cluster.shutdown()
+    head = ["inputs", "committed before", "processed", "skipped", "driver peak RSS MB", "vs first",
+            "listing ahead (peak)", "assembler videos (peak)", "wall s"]
+    return "one 2-CPU worker node + head; a listing file of hard links of one 2 s clip\n\n" + markdown_table(head, rows)
+
+
+def _chunk_rows(n_videos: int, per_video: int, frames: int = 64, dim: int = 512) -> list[dict]:
+    import numpy as np
+
+    from operators.chunk_row import ChunkRow
+    from operators.features import FEATURE_DIM
+
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((frames, dim)).astype(np.float16)
+    feats = rng.random((frames, FEATURE_DIM), dtype=np.float32)
+    rows = []
+    for v in range(n_videos):
+        for c in range(per_video):
+            r = ChunkRow(video_id=f"{v:020d}", source_uri=f"s3://b/{v}.mp4", chunk_index=c, n_chunks=per_video,
+                         duration_s=64.0 * per_video, fps=1.0, frame_index=np.arange(c * frames, (c + 1) * frames),
+                         timestamps=np.arange(frames, dtype=np.float64) + c * frames, features=feats,
+                         embedding=emb, node_id="n" * 56)
+            rows.append({k: v[0] for k, v in r.to_batch().items()})
+    return rows
+
+
+def table_assembler(work: Path, args) -> str:
+    from operators.assemble import VideoAssembler
+    from operators.chunk_row import ChunkRow
+
+    rows_out = []
+    for per_video in (1, 8):
+        rows = _chunk_rows(4000 // per_video, per_video)
+        a = VideoAssembler()
+        t0 = time.process_time()
+        done = sum(a.add(ChunkRow.from_row(r)) is not None for r in rows)
+        cpu = time.process_time() - t0
+        rows_out.append([f"ChunkRow.from_row + VideoAssembler.add, {per_video} row(s) a video", f"{len(rows):,}",
+                         f"{len(rows) / cpu:,.0f}", f"{done / cpu:,.0f}", f"{len(rows) * 64 / cpu:,.0f}"])
+    # Ray Data's own delivery of such rows to the driver (iter_rows), on a local Ray
+    import numpy as np
+    import ray
+    import ray.data
+
+    from operators.listing import BLOCK_BYTES
+
+    n = 2000
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    try:
+        ctx = ray.data.DataContext.get_current()
+        ctx.target_max_block_size = BLOCK_BYTES
+        ctx.execution_options.preserve_order = False
+        template = _chunk_rows(1, 1)[0]
+
+        def make(batch):
+            for vid in batch["id"]:
+                yield {k: (np.array([f"{int(vid):020d}"], dtype=object) if k == "video_id" else
+                           (np.array([v], dtype=object) if isinstance(v, str) else np.array([v])))
+                       for k, v in template.items()}
+
+        ds = ray.data.range(n, override_num_blocks=50).map_batches(make, batch_size=1)
+        ds = ds.materialize()
+        a = VideoAssembler()
+        t0, c0 = time.perf_counter(), time.process_time()
+        got = sum(a.add(ChunkRow.from_row(r)) is not None for r in ds.iter_rows())
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        assert got == n, got
+        rows_out.append(["Ray Data iter_rows + the above, 1 row a video (materialized)", f"{n:,}",
+                         f"{n / cpu:,.0f}", f"{n / cpu:,.0f}", f"{n * 64 / cpu:,.0f}"])
+        rows_out.append(["  same, per wall second", f"{n:,}", f"{n / wall:,.0f}", f"{n / wall:,.0f}",
+                         f"{n * 64 / wall:,.0f}"])
+    finally:
+        ray.shutdown()
+    head = ["path (one driver core)", "rows", "rows / CPU-s", "videos / CPU-s", "sampled frames / CPU-s"]
+    return "chunk rows of 64 sampled frames, 512-d float16 embeddings\n\n" + markdown_table(head, rows_out)
+
+
+def table_kill(work: Path, args) -> str:
+    clips = linked_clips(work / "clips", make_clip(work / "clip.mp4"), args.clips)
+    rows = []
+    for kill in (False, True):
+        cluster = LocalCluster(work / f"kill-nodes-{kill}", worker_cpus=(1, 1))
+        out = work / f"kill-out-{kill}"
+        try:
+            t0 = time.perf_counter()
+            proc = driver(str(work / "clips"), out, cluster.address)
+            at = ""
+            if kill:
+                while committed(out) < 3 and proc.poll() is None:
+                    time.sleep(0.05)
+                at = str(committed(out))
+                os.kill(cluster.raylet_pid(cluster.workers[0]), signal.SIGKILL)
+            rep = finished(proc, out)
+            wall = time.perf_counter() - t0
+            rows.append(["killed after the first commits" if kill else "no kill", at or "-", str(rep["rc"]),
+                         f"{rep['videos']['done']}/{len(clips)}", str(committed(out)),
+                         str(len(clips) - committed(out)), str(rep.get("uncommitted")),
+                         str(rep["placement"]["finalized_off_source_node"]),
+                         str(rep["assembler"]["duplicate_rows"]), f"{wall:.1f}"])
+        finally:
+            cluster.shutdown()
+            shutil.rmtree(out, ignore_errors=True)
+    head = ["worker node 0 (its raylet, SIGKILL)", "commits at kill", "exit", "done", "committed", "lost",
+            "uncommitted", "finalized off node", "duplicate rows dropped", "wall s"]
+    return f"{len(clips)} clips of {CLIP_SECONDS:.0f} s, head (0 CPUs) + two 1-CPU workers\n\n" + markdown_table(head, rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the chosen tables."""
+    args = parse_args(argv)
+    chosen = [t for t in args.only.split(",") if t]
+    unknown = set(chosen) - set(TABLES)
+    if unknown:
+        raise SystemExit(f"unknown tables {sorted(unknown)}; choose from {', '.join(TABLES)}")
+    work = Path(tempfile.mkdtemp(prefix="framesift-scale-"))
+    try:
+        for name in chosen:
+            t0 = time.perf_counter()
+            text = globals()[f"table_{name}"](work, args)
+            print(f"\n### {name} ({time.perf_counter() - t0:.0f} s)\n\n{text}\n", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
