@@ -250,11 +250,13 @@ def preflight(cfg: CurateConfig, storage: Storage, list_now: bool = False):
 
 
 def build_dataset(ray, cfg: CurateConfig, storage: Storage, parts: list, spec, plan: StagePlan | None = None,
-                  done_ref=None, pacer=None):
+                  done_ref=None, pacer=None, attempts=None):
     """The streaming Ray Data dataset of embedded chunk rows for the videos of `parts`
     (`plan_listing`'s listing parts) that are not committed yet: `done_ref` is the
     ObjectRef of `done_ids` (None: nothing committed), `pacer` the ListingPacer actor that
-    keeps the listing from running ahead (None: not paced). `plan` is `stage_plan`'s
+    keeps the listing from running ahead (None: not paced), `attempts` the DecodeAttempts
+    actor that turns a video whose decodes keep dying into a failed row (None: not
+    counted). `plan` is `stage_plan`'s
     answer for the cluster (looked up when None)."""
     import ray.data
 
@@ -282,6 +284,7 @@ def build_dataset(ray, cfg: CurateConfig, storage: Storage, parts: list, spec, p
                                             quality=cfg.image_quality),
             image_max_side=cfg.max_side,
             carry_frames=kept_image_frames(cfg),
+            attempts=attempts,
         ),
         batch_size=1,
         batch_format="numpy",
@@ -393,6 +396,7 @@ class RunLoop:
     PROGRESS_EVERY = 32  # videos between reports to the pacer (<< its window)
 
     def __init__(self, ray, cfg: CurateConfig, storage: Storage, spec, settings) -> None:
+        from operators.attempts import DecodeAttempts
         from operators.listing import ListingPacer
 
         self.ray, self.cfg, self.storage, self.spec, self.settings = ray, cfg, storage, spec, settings
@@ -415,8 +419,9 @@ class RunLoop:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         # on the driver's node: it lives exactly as long as the run
-        self.pacer = ray.remote(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False))(
-            ListingPacer).remote()
+        on_driver_node = NodeAffinitySchedulingStrategy(here, soft=False)
+        self.pacer = ray.remote(num_cpus=0, scheduling_strategy=on_driver_node)(ListingPacer).remote()
+        self.attempts = ray.remote(num_cpus=0, scheduling_strategy=on_driver_node)(DecodeAttempts).remote()
 
     def listing_totals(self) -> dict:
         """The pacer's listed / skipped / emitted counts ({} when it cannot be asked)."""
@@ -426,11 +431,12 @@ class RunLoop:
             return {}
 
     def close(self) -> None:
-        """End the pacer actor (a worker process): a process may run several jobs."""
-        try:
-            self.ray.kill(self.pacer)
-        except Exception:  # noqa: BLE001 - already gone with its node or the cluster
-            pass
+        """End the run's actors (worker processes): a process may run several jobs."""
+        for actor in (self.pacer, self.attempts):
+            try:
+                self.ray.kill(actor)
+            except Exception:  # noqa: BLE001 - already gone with its node or the cluster
+                pass
 
     def assembler_stats(self) -> dict:
         """How full the assembler got, and what it dropped or gave up."""
@@ -448,7 +454,8 @@ class RunLoop:
             self.roller.bind(ray, **plan.finalize.ray_options())
         self.compactor = RunCompactor(ray, self.storage, cfg.output, cfg.compact_every, plan.finalize.ray_options())
         done_ref = ray.remote(num_cpus=0)(done_ids).remote(self.storage, cfg.output, cfg.retry_failed)
-        ds = build_dataset(ray, cfg, self.storage, parts, self.spec, plan, done_ref=done_ref, pacer=self.pacer)
+        ds = build_dataset(ray, cfg, self.storage, parts, self.spec, plan, done_ref=done_ref, pacer=self.pacer,
+                           attempts=self.attempts)
         for chunk in ds.iter_rows():
             row = ChunkRow.from_row(chunk)
             if row.chunk_index == 0:

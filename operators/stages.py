@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
+from operators.attempts import MAX_ATTEMPTS, killed_reason
 from operators.chunk_row import STATUS_FAILED, ChunkRow, batch_of, rows_of
 from operators.decode import DecodeError, probe_video
 from operators.pipeline import (
@@ -77,9 +78,13 @@ class DecodeStage:
         encode_images: Callable[[np.ndarray], bytes] | None = None,
         image_max_side: int | None = None,
         carry_frames: int = 0,
+        attempts=None,
+        max_attempts: int = MAX_ATTEMPTS,
     ) -> None:
         self.storage = storage
         self.sampling = sampling
+        self.attempts = attempts  # a DecodeAttempts actor (None: not counted)
+        self.max_attempts = max_attempts
         self.encode_images = encode_images
         self.image_max_side = image_max_side
         self.carry_frames = carry_frames
@@ -123,12 +128,32 @@ class DecodeStage:
         except OSError as exc:
             log.warning("not keeping the images of %s (finalize will read them again): %s", video_id, exc)
 
+    def _earlier_attempts(self, video_id: str) -> tuple[int, int]:
+        """How often this video's decode started (and so died) before in this run, and the
+        most rows such an attempt could yield; (0, 0) when not counted."""
+        if self.attempts is None:
+            return 0, 0
+        import ray
+
+        try:
+            return tuple(ray.get(self.attempts.start.remote(video_id), timeout=60))
+        except Exception as exc:  # noqa: BLE001 - not counted beats not decoded
+            log.warning("could not count the decodes of %s: %s", video_id, exc)
+            return 0, 0
+
     def _chunks(self, src: dict) -> Iterator[ChunkRow]:
         node_id = current_node_id() if is_remote(str(src["source_uri"])) else ""
         if isinstance(src.get("error"), str) and src["error"]:
             yield self._row(src, node_id, status=STATUS_FAILED, error=src["error"])
             return
         vid = str(src["video_id"])
+        died, rows_before = self._earlier_attempts(vid)
+        if died >= self.max_attempts:
+            # Ray passes on only this attempt's outputs past those a dead one yielded
+            row = self._row(src, node_id, status=STATUS_FAILED, error=killed_reason(died))
+            for _ in range(rows_before + 1):
+                yield row
+            return
         t0 = time.perf_counter()
         try:
             # a source in object storage stays on this node's disk for finalize to read again
@@ -142,6 +167,8 @@ class DecodeStage:
                     node_id = current_node_id()  # finalize finds the images here
                 meta = dict(duration_s=info.duration_s, fps=info.fps, width=info.width, height=info.height,
                             n_chunks=expected_chunks(info, self.sampling))
+                if self.attempts is not None:  # its chunks, an end marker or a failed row
+                    self.attempts.expect.remote(vid, meta["n_chunks"] + 1)
                 chunks = sample_chunks(path, info, self.sampling, encode_images=self.encode_images if carry else None,
                                        image_max_side=self.image_max_side)
                 count = 0
