@@ -81,3 +81,17 @@ def shared_videos() -> Path:
     if not (SHARED_VIDEOS / "Megamind.avi").exists():
         pytest.skip(f"real videos not found in {SHARED_VIDEOS}")
     return SHARED_VIDEOS
+
+
+@pytest.fixture(scope="session")
+def clip_checkpoint(tmp_path_factory) -> str:
+    """One random ViT-B-32 saved to a file (no pretrained weights are reachable here): every
+    process that loads it gets the same model, where random initialisation would differ
+    from process to process (the job's actors, a restarted actor, the service's replica)."""
+    import open_clip
+    import torch
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "random_vit_b_32.pt"
+    torch.save(open_clip.create_model("ViT-B-32", pretrained=None).state_dict(), path)
+    return str(path)

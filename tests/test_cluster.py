@@ -7,6 +7,8 @@ cache folder, one with a custom `gpu_like` resource. The job runs as its own dri
   each video's finalize runs on the node that decoded it (the report counts misses);
 - a worker node's raylet killed mid-run, then a single worker process: the job finishes
   on what is left, every video committed once, none lost, outputs unchanged;
+- a video whose decode is killed each time it starts (as the out-of-memory killer does to
+  a huge frame) becomes a failed video with its reason, the run goes on and ends;
 - the driver killed (SIGINT, SIGKILL) mid-run, then run again: committed videos are
   skipped, nothing half-written counts as done, outputs equal an uninterrupted run.
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,6 +31,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.common import LocalCluster
+from operators.attempts import MAX_ATTEMPTS, killed_reason
 from operators.sources import committed_video_ids
 from operators.storage import Storage
 from operators.write import read_table
@@ -64,14 +68,14 @@ def cluster(tmp_path_factory):
         ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
 
 
-def start_job(inp: Path, out: Path, address: str | None) -> subprocess.Popen:
-    """The job as its own driver process, on the cluster at `address` (None: a one-node
-    local Ray of its own)."""
+def start_job(inp: Path, out: Path, address: str | None, args: list[str] = JOB_ARGS) -> subprocess.Popen:
+    """The job as its own driver process with `args`, on the cluster at `address` (None: a
+    one-node local Ray of its own)."""
     env = {**os.environ, "RAY_ADDRESS": address or "local", "PYTHONPATH": str(ROOT)}
     if address is None:
         env.pop("RAY_TMPDIR", None)
     log = open(out.parent / f"{out.name}.log", "w")
-    return subprocess.Popen([sys.executable, "-m", "jobs.curate", str(inp), str(out), *JOB_ARGS],
+    return subprocess.Popen([sys.executable, "-m", "jobs.curate", str(inp), str(out), *args],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
@@ -251,3 +255,80 @@ def test_a_killed_driver_resumes_where_it_stopped(clips, cluster, one_node, tmp_
     assert rep["videos"]["done"] + rep["videos"]["failed"] == N_CLIPS - skipped
     assert committed(out) >= before and len(committed(out)) == N_CLIPS
     assert_same_outputs(out, one_node)
+
+
+def test_a_killed_embedding_actor_is_restarted_and_its_chunks_retried(clips, cluster, clip_checkpoint, tmp_path):
+    """CLIP (random weights from one file) in a CPU actor; its process killed mid-run: Ray
+    restarts the actor, Ray Data resubmits its chunks, and the run equals one without."""
+    args = [*JOB_ARGS, "--embedder", "clip", "--weights", clip_checkpoint, "--embed-dtype", "fp32"]
+    ref = tmp_path / "ref"
+    assert finish(start_job(clips, ref, cluster.address, args), ref) == 0, log_tail(ref)
+    out = tmp_path / "out"
+    proc = start_job(clips, out, cluster.address, args)
+    wait_for_commits(proc, out, 1)
+    deadline, killed = time.time() + 60, None
+    while killed is None and time.time() < deadline and proc.poll() is None:
+        pids = _running_task_pids(cluster, ("MapWorker(MapBatches(EmbedStage))",))
+        if pids:
+            assert len(committed(out)) < N_CLIPS, "the run ended before the actor could be killed"
+            killed = pids[0]
+            os.kill(killed, signal.SIGKILL)
+        time.sleep(0.01)
+    assert killed is not None, "no embedding actor was found"
+    assert finish(proc, out) == 0, log_tail(out)
+    rep = report(out)
+    assert rep["videos"] == {"done": N_CLIPS, "failed": 0, "skipped": 0}, log_tail(out)
+    assert rep["uncommitted"] == 0 and len(committed(out)) == N_CLIPS
+    assert_same_outputs(out, snapshot(ref))
+
+
+def _worker_pids(cluster) -> list[int]:
+    """The worker processes of the cluster's worker nodes (children of their raylets)."""
+    raylets = {cluster.raylet_pid(w) for w in cluster.workers}
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) in raylets:
+                        pids.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                continue
+    return pids
+
+
+def _has_open(pid: int, path: str) -> bool:
+    try:
+        return any(os.readlink(f"/proc/{pid}/fd/{fd}") == path for fd in os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return False
+
+
+def test_a_video_that_kills_its_decoder_is_a_failed_video(clips, cluster, shared_videos, tmp_path):
+    """An out-of-memory killer of our own: every worker process that opens the poison video
+    is SIGKILLed at once, each time. Ray Data retries a task without end; the run must
+    instead record the video as failed (with why) after MAX_ATTEMPTS deaths and finish the
+    others."""
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for p in sorted(clips.iterdir())[:4]:
+        shutil.copy(p, inp / p.name)
+    poison = inp / "poison.avi"
+    shutil.copy(shared_videos / "vtest.avi", poison)  # 768x576, seconds to decode: caught
+    out = tmp_path / "out"
+    proc = start_job(inp, out, cluster.address)
+    kills, deadline = 0, time.time() + 240
+    while proc.poll() is None and time.time() < deadline:
+        for pid in _worker_pids(cluster):
+            if _has_open(pid, str(poison)):
+                os.kill(pid, signal.SIGKILL)
+                kills += 1
+        time.sleep(0.005)
+    assert finish(proc, out, timeout=5) == 0, log_tail(out)
+    assert kills >= MAX_ATTEMPTS
+    rep = report(out)
+    assert rep["videos"] == {"done": 4, "failed": 1, "skipped": 0}, log_tail(out)
+    assert rep["uncommitted"] == 0 and len(committed(out)) == 5
+    failed = [r for r in read_table(Storage(), str(out), "videos").to_pylist() if r["status"] == "failed"]
+    assert [(r["source_uri"].rsplit("/", 1)[-1], r["error"]) for r in failed] == [
+        ("poison.avi", killed_reason(MAX_ATTEMPTS))]

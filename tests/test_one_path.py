@@ -25,20 +25,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> str:
-    """One random ViT-B-32 saved to a file: the job's actor and the service's replica must
-    load the same weights (random initialisation differs from process to process)."""
-    import open_clip
-    import torch
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "random_vit_b_32.pt"
-    torch.save(open_clip.create_model("ViT-B-32", pretrained=None).state_dict(), path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def service(ray_local, shared_videos, checkpoint):
+def service(ray_local, shared_videos, clip_checkpoint):
     from ray import serve
 
     from jobs.serve import build_app
@@ -47,7 +34,7 @@ def service(ray_local, shared_videos, checkpoint):
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     one = {"autoscaling_config": None, "num_replicas": 1}
     serve.run(build_app({
-        "allowed_prefixes": [str(shared_videos)], "embedder": "clip", "weights": checkpoint,
+        "allowed_prefixes": [str(shared_videos)], "embedder": "clip", "weights": clip_checkpoint,
         "embed_dtype": "fp32", "max_frames": 256,
         "ingress": {**one, "ray_actor_options": {"num_cpus": 0.25}},
         "embedding": {**one, "ray_actor_options": {"num_cpus": 0.25, "num_gpus": 0}},
@@ -57,10 +44,10 @@ def service(ray_local, shared_videos, checkpoint):
 
 
 @pytest.mark.parametrize("name", ["Megamind.avi", "big_buck_bunny_0_30.webm"])
-def test_job_and_service_select_the_same_frames(service, checkpoint, shared_videos, tmp_path, name):
+def test_job_and_service_select_the_same_frames(service, clip_checkpoint, shared_videos, tmp_path, name):
     video = shared_videos / name
     out = tmp_path / "out"
-    argv = [str(video), str(out), "--embedder", "clip", "--weights", checkpoint, "--embed-dtype", "fp32",
+    argv = [str(video), str(out), "--embedder", "clip", "--weights", clip_checkpoint, "--embed-dtype", "fp32",
             "--method", OPTIONS["method"], "--k", str(OPTIONS["k"]), "--fps", str(OPTIONS["fps"])]
     assert curate.main(argv) == 0
     manifest = sorted(read_table(Storage(), str(out), "manifest").to_pylist(), key=lambda r: r["timestamp_s"])
