@@ -163,6 +163,19 @@ class Chunk:
 
 
 @dataclass(frozen=True)
+class DecodeSpan:
+    """The part of a video one task decodes when a long video is split (`iter_chunks`):
+    the sampled frames at positions [first, end) of `sample_indices`, every source frame
+    from `decode_from` (the decoder seeks to the keyframe before it) to `decode_to`
+    (exclusive; None: the video's end)."""
+
+    first: int
+    end: int
+    decode_from: int = 0
+    decode_to: int | None = None
+
+
+@dataclass(frozen=True)
 class DecodedVideo:
     """All sampled frames of a (short) video, for the service, tests and benchmarks."""
 
@@ -380,6 +393,25 @@ def _upright(reformatter, frame, size: dict, turns: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
 
 
+def _rank(order: np.ndarray, pts: int | None, last: int) -> int:
+    """A decoded frame's index: the rank of its timestamp `pts` in `order`, after `last`.
+    Raises DecodeError for a timestamp no packet has or one out of order."""
+    j = int(np.searchsorted(order, pts)) if pts is not None else len(order)
+    if j >= len(order) or order[j] != pts:
+        raise DecodeError(f"a decoded frame has a timestamp ({pts}) no packet has")
+    if j <= last:
+        raise DecodeError(f"frames came out of the decoder out of timestamp order at frame {j}")
+    return j
+
+
+def _until(indexed: Iterator[tuple[int, object]], stop: int | None) -> Iterator[tuple[int, object]]:
+    """The (index, frame) pairs before index `stop` (all when None)."""
+    for j, frame in indexed:
+        if stop is not None and j >= stop:
+            return
+        yield j, frame
+
+
 class _SequentialReader:
     """Decodes forward with PyAV and keeps only the frames asked for (ascending indices),
     scaled to (width, height) by FFmpeg's swscale; -1 keeps the source size.
@@ -396,7 +428,11 @@ class _SequentialReader:
 
     With `thumbs`, every decoded frame, kept or not, is also scaled to THUMB_SIZE; `thumbs`
     and `thumb_index` then hold those of the frames decoded since the last read (`drain`
-    decodes the rest of the stream). No frame is skipped then."""
+    decodes the rest of the stream). No frame is skipped then.
+
+    With `start_frame` > 0 (a span of a long video, see DecodeSpan), it seeks to the
+    keyframe before that frame and indexes frames by their rank in `seek_order`
+    (`display_order`); frames from `stop_frame` on are not decoded."""
 
     def __init__(
         self,
@@ -409,6 +445,9 @@ class _SequentialReader:
         wanted: np.ndarray | None = None,
         frame_count: int | None = None,
         thumbs: bool = False,
+        start_frame: int = 0,
+        stop_frame: int | None = None,
+        seek_order: np.ndarray | None = None,
     ) -> None:
         import av
 
@@ -419,20 +458,29 @@ class _SequentialReader:
         else:
             stream.thread_type = "AUTO"
         self.decoded = 0  # frames the decoder produced, for tests and benchmarks
-        order = None
-        # Only streams that reorder pictures have B-frames to skip; the others would pay for
-        # the packet pass and a Python loop per packet (~10% of decode on a 30 fps H.264).
-        codec = stream.codec_context
-        if (wanted is not None and frame_count and not thumbs and codec.has_b_frames
-                and codec.name in SKIPPABLE_CODECS):
-            order = display_order(path, frame_count)
-        self.skipping = order is not None
-        if order is not None:
-            keep = np.asarray(wanted, np.int64)
-            keep = keep[(keep >= 0) & (keep < len(order))]
-            self.cursor = _FrameCursor(self._ranked(stream, order, set(order[keep].tolist())))
+        self.skipping = False
+        seen = self._thumb if thumbs else None
+        if start_frame > 0 or stop_frame is not None:  # a span of a split video: no skipping
+            if start_frame > 0 and seek_order is None:
+                raise ValueError("decoding from a frame after the first needs the display order")
+            indexed = (self._seeked(stream, seek_order, start_frame) if start_frame > 0
+                       else enumerate(self._counted(stream)))
+            self.cursor = _FrameCursor(_until(indexed, stop_frame), seen)
         else:
-            self.cursor = _FrameCursor(enumerate(self._counted(stream)), self._thumb if thumbs else None)
+            order = None
+            # Only streams that reorder pictures have B-frames to skip; the others would pay for
+            # the packet pass and a Python loop per packet (~10% of decode on a 30 fps H.264).
+            codec = stream.codec_context
+            if (wanted is not None and frame_count and not thumbs and codec.has_b_frames
+                    and codec.name in SKIPPABLE_CODECS):
+                order = display_order(path, frame_count)
+            self.skipping = order is not None
+            if order is not None:
+                keep = np.asarray(wanted, np.int64)
+                keep = keep[(keep >= 0) & (keep < len(order))]
+                self.cursor = _FrameCursor(self._ranked(stream, order, set(order[keep].tolist())))
+            else:
+                self.cursor = _FrameCursor(enumerate(self._counted(stream)), seen)
         self.damaged = 0  # packets the decoder rejected as invalid data, skipped
         self._thumbs: list[np.ndarray] = []
         self._thumb_index: list[int] = []
@@ -464,6 +512,37 @@ class _SequentialReader:
                 self.decoded += 1
                 yield frame
 
+    def _seeked(self, stream, order: np.ndarray, start: int) -> Iterator[tuple[int, object]]:
+        """(index, frame) from source frame `start` on, after a seek to a keyframe before
+        it; frames are indexed by their timestamp's rank in `order` (`display_order`). When
+        the keyframe found lies after `start` (a seek by decode time can land there), it
+        seeks further back."""
+        margin = 0
+        while True:
+            self.container.seek(int(order[max(0, start - margin)]), backward=True, any_frame=False, stream=stream)
+            frames = self._by_rank(stream, order)
+            first = next(frames, None)
+            if first is None or first[0] <= start or start - margin <= 0:
+                break
+            margin = max(4 * margin, 64)
+        if first is None:
+            return
+        if first[0] >= start:
+            yield first
+        for j, frame in frames:
+            if j >= start:
+                yield j, frame
+
+    def _by_rank(self, stream, order: np.ndarray) -> Iterator[tuple[int, object]]:
+        """Every frame the decoder gives from where the container stands, indexed by its
+        timestamp's rank in `order`."""
+        last = -1
+        for packet in self.container.demux(stream):
+            for frame in self._decoded(packet):
+                self.decoded += 1
+                last = _rank(order, frame.pts, last)
+                yield last, frame
+
     def _ranked(self, stream, order: np.ndarray, keep_pts: set[int]) -> Iterator[tuple[int, object]]:
         # a sorted int64 array, not a dict: 8 bytes a frame on a 3-hour video, and a lookup
         # costs ~1 us against ~150 us to decode the frame
@@ -477,13 +556,8 @@ class _SequentialReader:
                 codec.skip_frame = "NONREF" if skip else "DEFAULT"
             for frame in self._decoded(packet):
                 self.decoded += 1
-                j = int(np.searchsorted(order, frame.pts)) if frame.pts is not None else len(order)
-                if j >= len(order) or order[j] != frame.pts:
-                    raise DecodeError(f"a decoded frame has a timestamp ({frame.pts}) no packet has")
-                if j <= last:
-                    raise DecodeError(f"frames came out of the decoder out of timestamp order at frame {j}")
-                last = j
-                yield j, frame
+                last = _rank(order, frame.pts, last)
+                yield last, frame
 
     def _thumb(self, i: int, frame) -> None:
         w, h = THUMB_SIZE
@@ -531,6 +605,8 @@ def open_reader(
     image_size: tuple[int, int] = (-1, -1),
     wanted: np.ndarray | None = None,
     thumbs: bool = False,
+    span: DecodeSpan | None = None,
+    seek_order: np.ndarray | None = None,
 ):
     """decord random access for indexed containers with sane timestamps, else PyAV in order
     (always in order with `thumbs`: every frame's thumbnail needs every frame decoded).
@@ -544,7 +620,10 @@ def open_reader(
 
     `wanted`, every index that will be read, lets the in-order reader skip the frames
     nothing needs, in indexed containers whose packets name as many frames as decord's
-    index does (see _SequentialReader)."""
+    index does (see _SequentialReader).
+
+    `span` (with `seek_order`) decodes only that part of the video in order (decord's
+    random access, when chosen, needs neither)."""
     frame_count = None
     if not thumbs and os.path.splitext(path)[1].lower() in SEEKABLE_CONTAINERS:
         vr = _open(path, width=width, height=height, num_threads=num_threads)
@@ -552,6 +631,9 @@ def open_reader(
             if step is None or step > keyframe_spacing(vr):
                 return _RandomAccessReader(vr)
             frame_count = len(vr)
+    if span is not None:
+        return _SequentialReader(path, width, height, num_threads, encode, image_size, thumbs=thumbs,
+                                 start_frame=span.decode_from, stop_frame=span.decode_to, seek_order=seek_order)
     return _SequentialReader(path, width, height, num_threads, encode, image_size, wanted, frame_count, thumbs)
 
 
@@ -610,6 +692,8 @@ def iter_chunks(
     encode_images: Callable[[np.ndarray], bytes] | None = None,
     image_max_side: int | None = None,
     thumbs: bool = False,
+    span: DecodeSpan | None = None,
+    seek_order: np.ndarray | None = None,
 ) -> Iterator[Chunk]:
     """Decode the frames sampled at `fps`, `chunk_frames` at a time, at `size x size`.
 
@@ -623,6 +707,10 @@ def iter_chunks(
     second read. Only the in-order decoder does this; where decord seeks (sparse sampling)
     `images` is None.
 
+    With `span` (and the video's `seek_order`, `display_order`), only that span's sampled
+    frames, and its source frames' thumbnails (the first chunk's from `span.decode_from`,
+    the last one's to `span.decode_to`): one part of a long video split across tasks.
+
     Memory is bounded by one chunk whatever the video's length. Raises DecodeError when the
     file cannot be opened or a chunk cannot be decoded (a truncated file, for example).
     """
@@ -630,9 +718,12 @@ def iter_chunks(
     idx = sample_indices(info, fps, max_frames)
     w, h = model_geometry(info, size)
     step = sampling_step(info, idx)
+    if span is not None:
+        idx = idx[span.first : span.end]
     reader = open_reader(
         path, w, h, num_threads, step=step, encode=encode_images,
         image_size=output_geometry(info, image_max_side), wanted=idx, thumbs=thumbs,
+        span=span, seek_order=seek_order,
     )
     try:
         for start in range(0, len(idx), chunk_frames):

@@ -17,6 +17,7 @@ FEATURES_IMAGE_SIZE = 224  # frame size the training-free features are computed 
 FPS = 1.0  # frames sampled per second of video
 CHUNK_FRAMES = 64  # sampled frames per chunk: the cascade plans each chunk on its own
 CASCADE_RATIO = 0.12  # at most this share of a video's sampled frames is embedded
+SEGMENT_S = 600.0  # a video at least twice this long is decoded in spans this long, at once
 
 # --- shots
 SHOT_DETECTOR = "auto"  # auto | features | transnetv2 | sampled (see operators.segment)

@@ -12,6 +12,7 @@ same frames from both.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -20,7 +21,14 @@ import numpy as np
 
 from operators import defaults
 from operators.cascade import plan_chunk
-from operators.decode import VideoInfo, image_for_model, iter_chunks, sample_indices
+from operators.decode import (
+    DecodeSpan,
+    VideoInfo,
+    display_order,
+    image_for_model,
+    iter_chunks,
+    sample_indices,
+)
 from operators.features import frame_features
 from operators.segment import (
     MIN_SHOT_S,
@@ -81,6 +89,10 @@ class SampledChunk:
     thumb_index: np.ndarray | None = None
     thumbs: np.ndarray | None = None
     transition_probs: np.ndarray | None = None  # TransNetV2's, one per thumbnail (set by its caller)
+    # with `keep_thumbs`, a span's first / last chunk: the thumbnails before / after the span
+    # (TransNetV2's windows reach past its edges), None elsewhere
+    context_before: np.ndarray | None = None
+    context_after: np.ndarray | None = None
 
 
 def shot_detector_for(requested: str) -> str:
@@ -128,6 +140,66 @@ def expected_chunks(info: VideoInfo, opts: SamplingOptions) -> int:
     return max(1, -(-sampled_count(info, opts) // opts.chunk_frames))
 
 
+def plan_spans(info: VideoInfo, opts: SamplingOptions, segment_s: float = defaults.SEGMENT_S) -> list[DecodeSpan]:
+    """How a video's decode splits into spans of about `segment_s` seconds (whole chunks
+    each) that separate tasks decode at once; one span (the whole video) when it is shorter
+    than two segments or `segment_s` is 0. Each span after the first starts decoding early
+    enough for the shot signals' windows (and TransNetV2's context) at its edge, and each
+    before the last stops where the next one's chunks start (TransNetV2: its context later),
+    so that the spans' chunks equal one decode's."""
+    idx = sample_indices(info, opts.fps, opts.max_frames)
+    whole = [DecodeSpan(0, len(idx))]
+    if segment_s <= 0 or info.duration_s < 2 * segment_s or len(idx) < 2 * opts.chunk_frames:
+        return whole
+    per = max(1, round(segment_s * len(idx) / info.duration_s / opts.chunk_frames)) * opts.chunk_frames
+    firsts = list(range(0, len(idx), per))
+    if len(idx) - firsts[-1] < per // 2:  # no short last span: it joins the one before
+        firsts.pop()
+    if len(firsts) < 2:
+        return whole
+    from operators.transnet import CONTEXT_FRAMES
+
+    window = signal_window(info.fps)
+    lead = max(2 * window, CONTEXT_FRAMES if opts.keep_thumbs else 0) if opts.shot_signals else 0
+    lag = CONTEXT_FRAMES if opts.keep_thumbs else 0
+    ends = [*firsts[1:], len(idx)]
+    spans = []
+    for first, end in zip(firsts, ends, strict=True):
+        if opts.shot_signals:  # every source frame from the one after the last span's last sample
+            start = 0 if first == 0 else max(0, int(idx[first - 1]) + 1 - lead)
+            stop = None if end == len(idx) else int(idx[end - 1]) + 1 + lag
+        else:
+            start, stop = int(idx[first]), None if end == len(idx) else int(idx[end - 1]) + 1
+        spans.append(DecodeSpan(first, end, start, stop))
+    return spans
+
+
+def seek_order(path: str, info: VideoInfo) -> np.ndarray | None:
+    """The timestamps a span's decoder indexes frames by after a seek (`display_order`), or
+    None when the video cannot be split: a container without an index to seek in, a
+    variable frame rate, or packets whose timestamps do not name each frame once."""
+    from operators.decode import SEEKABLE_CONTAINERS
+
+    if os.path.splitext(path)[1].lower() not in SEEKABLE_CONTAINERS or info.frame_times is not None:
+        return None
+    return display_order(path, info.num_frames)
+
+
+def span_edges(info: VideoInfo, opts: SamplingOptions, span: DecodeSpan | None,
+               window: int) -> tuple[int, int | None, int]:
+    """A span's own source frames, `own_from` to `own_to` (inclusive; None: to the end),
+    whose thumbnails its chunks carry as one whole decode's same chunks do, and the first
+    frame whose shot signals it emits (`emit_from`: BoundarySignals emits a frame's once
+    `window` frames after it are in)."""
+    if span is None or span.first == 0 and span.decode_to is None:
+        return 0, None, 0
+    idx = sample_indices(info, opts.fps, opts.max_frames)
+    own_from = int(idx[span.first - 1]) + 1 if span.first > 0 else 0
+    own_to = int(idx[span.end - 1]) if span.end < len(idx) else None
+    emit_from = max(0, own_from + 1 - window) if span.first > 0 else 0
+    return own_from, own_to, emit_from
+
+
 def sample_chunks(
     path: str,
     info: VideoInfo,
@@ -135,19 +207,24 @@ def sample_chunks(
     *,
     encode_images: Callable[[np.ndarray], bytes] | None = None,
     image_max_side: int | None = None,
+    span: DecodeSpan | None = None,
+    order: np.ndarray | None = None,
 ) -> Iterator[SampledChunk]:
     """Decode a local video chunk by chunk: the sampled frames at the model's size, their
     training-free features and, with a model, the cascade's plan of what it must embed.
     `encode_images` also encodes each sampled frame at output size (see `iter_chunks`).
+    With `span` (one of `plan_spans`, and `order` from `seek_order`), only that span's
+    chunks, equal to the same chunks of the whole video's decode.
     Raises DecodeError when the video cannot be decoded."""
     n = sampled_count(info, opts)
     chunks = iter_chunks(
         path, opts.fps, opts.size, opts.chunk_frames, info=info, max_frames=opts.max_frames,
         num_threads=opts.decode_threads, encode_images=encode_images, image_max_side=image_max_side,
-        thumbs=opts.shot_signals,
+        thumbs=opts.shot_signals, span=span, seek_order=order,
     )
     window = signal_window(info.fps)
-    signals = BoundarySignals(window, signal_lag(info.fps, window)) if opts.shot_signals else None
+    own_from, own_to, emit_from = span_edges(info, opts, span, window)
+    signals: BoundarySignals | None = None
     held: SampledChunk | None = None  # one chunk back: the last one takes the signals' tail
     while True:
         t0 = time.perf_counter()
@@ -161,15 +238,32 @@ def sample_chunks(
             reps, group_of = plan_chunk(feats, n, opts.cascade_ratio, opts.min_candidates)
             frames = chunk.frames if len(reps) == len(feats) else np.ascontiguousarray(chunk.frames[reps])
         sig: tuple = (None, None, None, None)
-        if signals is not None:
-            sig = signals.push(frame_features(chunk.thumbs), chunk.thumb_index)
+        thumb_index, thumbs = chunk.thumb_index, chunk.thumbs
+        before = after = None
+        if opts.shot_signals:
+            # a span's thumbnails before its own (the first chunk) are the signals' context,
+            # those after it (the last chunk) TransNetV2's only
+            pushed = thumb_index <= own_to if own_to is not None else np.ones(len(thumb_index), bool)
+            mine = pushed & (thumb_index >= own_from)
+            if opts.keep_thumbs and span is not None:
+                from operators.transnet import CONTEXT_FRAMES
+
+                before = thumbs[thumb_index < own_from][-CONTEXT_FRAMES:] if held is None else None
+                after = thumbs[~pushed] if own_to is not None and not pushed.all() else None
+            if signals is None:
+                skip = int(np.sum(thumb_index[pushed] < emit_from))
+                signals = BoundarySignals(window, signal_lag(info.fps, window), skip=skip)
+            sig = signals.push(frame_features(thumbs[pushed]), thumb_index[pushed])
+            thumb_index, thumbs = thumb_index[mine], thumbs[mine]
         t2 = time.perf_counter()
         if held is not None:
             yield held
         held = SampledChunk(chunk.frame_index, chunk.timestamps, feats, frames, group_of, chunk.images,
                             decode_s=t1 - t0, features_s=t2 - t1, signal_index=sig[0], signal_dist=sig[1],
-                            signal_wdist=sig[2], signal_ldist=sig[3], thumb_index=chunk.thumb_index if opts.keep_thumbs else None,
-                            thumbs=chunk.thumbs if opts.keep_thumbs else None)
+                            signal_wdist=sig[2], signal_ldist=sig[3], thumb_index=thumb_index if opts.keep_thumbs else None,
+                            thumbs=thumbs if opts.keep_thumbs else None, context_before=before, context_after=after)
+    if own_to is not None:  # a span before the last: the next one has the signals' tail
+        signals = None
     if held is not None and signals is not None:
         tail = signals.finish()
         held = replace(held, signal_index=np.concatenate([held.signal_index, tail[0]]),

@@ -184,15 +184,18 @@ class BoundarySignals:
     returns the frames whose signals are complete (a frame's `wdist` needs `window` frames
     after it), `finish` the rest. Memory: 2 x `window` frames' features. Returns are
     (frame_index (k,) int64, dist, wdist, ldist (k,) float32).
+
+    The first `skip` frames pushed are context only (their signals are never returned):
+    a span of a long video decoded on its own starts with the frames before it.
     """
 
-    def __init__(self, window: int, lag: int = 1) -> None:
+    def __init__(self, window: int, lag: int = 1, skip: int = 0) -> None:
         self.window = int(window)
         self.lag = max(1, min(int(lag), self.window))
         self._feats = np.zeros((0, 0), np.float64)
         self._index = np.zeros(0, np.int64)
         self._base = 0  # position of the buffer's first frame
-        self._next = 0  # position of the first frame whose signals are not out yet
+        self._next = int(skip)  # position of the first frame whose signals are not out yet
         self._seen = 0
 
     def push(self, features: np.ndarray, frame_index: np.ndarray) -> tuple[np.ndarray, ...]:

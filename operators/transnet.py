@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,20 +187,26 @@ def pad_context(prev_tail: np.ndarray | None, chunk: np.ndarray, next_head: np.n
     return PaddedChunk(frames, start - len(before), start, start + len(chunk), at_end)
 
 
-def with_context(chunks: Iterable[np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
+def with_context(chunks: Iterable[np.ndarray], before: np.ndarray | None = None, start: int = 0,
+                 after: Callable[[], np.ndarray | None] | None = None,
+                 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
     """A video's consecutive chunks of frames (any sizes) -> `(prev_tail, chunk, next_head,
     start)` per chunk, in order, as `pad_context` takes them. Holds back a chunk only until
-    CONTEXT_FRAMES frames after it have arrived, so memory stays bounded."""
+    CONTEXT_FRAMES frames after it have arrived, so memory stays bounded.
+
+    A span of a longer video starts at frame `start` with the frames `before` it, and
+    `after` (called once the chunks have ended) gives the frames after it (None: the
+    video ends there)."""
     pending: deque[tuple[np.ndarray, int]] = deque()
-    tail = np.zeros((0, *THUMB_SHAPE), np.uint8)
+    tail = _thumbs(before, "before")[-CONTEXT_FRAMES:] if before is not None else np.zeros((0, *THUMB_SHAPE), np.uint8)
     ahead = 0  # frames pending after the oldest pending chunk
-    start = 0
 
     def emit(final: bool) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
         nonlocal tail, ahead
+        extra = after() if final and after is not None else None
         while pending and (final or ahead >= CONTEXT_FRAMES):
             chunk, first = pending.popleft()
-            rest = [c for c, _ in pending]
+            rest = [c for c, _ in pending] + ([_thumbs(extra, "after")] if extra is not None else [])
             head = np.concatenate(rest)[:CONTEXT_FRAMES] if rest else tail[:0]
             yield tail, chunk, head, first
             tail = np.concatenate([tail, chunk[-CONTEXT_FRAMES:]])[-CONTEXT_FRAMES:]
