@@ -131,6 +131,12 @@ class CurateConfig:
     retry_failed: bool = field(
         default=False, metadata={"help": "process again the videos a previous run marked failed"}
     )
+    segment_s: float = field(
+        default=defaults.SEGMENT_S,
+        metadata={"help": "a video at least twice this long (seconds) is decoded in spans this long, "
+                  "each its own task, all at once (indexed constant-rate containers: MP4, MKV, "
+                  "WebM, MOV); the outputs are those of one decode; 0 = never split"},
+    )
     max_inflight_videos: int = field(
         default=8, metadata={"help": "videos being selected + written at once"}
     )
@@ -199,6 +205,8 @@ class CurateConfig:
             raise ConfigError("--chunk-frames, --embed-batch-size, --max-inflight-videos must be >= 1")
         if not 0.0 < self.cascade_ratio <= 1.0:
             raise ConfigError("--cascade-ratio must be in (0, 1]")
+        if self.segment_s < 0:
+            raise ConfigError(f"--segment-s must be >= 0, got {self.segment_s}")
         if self.compact_every < 0:
             raise ConfigError(f"--compact-every must be >= 0, got {self.compact_every}")
         if self.limit is not None and self.limit < 1:

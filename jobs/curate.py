@@ -110,11 +110,8 @@ def _coerce(f: dataclasses.Field, value):
     if isinstance(value, bool) or f.name in ("k", "embed_concurrency"):
         return value
     default = f.default
-    kinds = {"fps": float, "dedup_threshold": float, "dedup_corpus": float, "cascade_ratio": float,
-             "clip_min_s": float,
-             "clip_max_s": float, "clip_fps": float, "shard_size_mb": float}
-    if f.name in kinds:
-        conv = kinds[f.name]
+    if str(f.type).startswith("float"):  # float and float | None
+        conv = float
     elif isinstance(default, int) or f.name in ("limit", "max_side", "max_frames_per_video"):
         conv = int
     else:
@@ -285,6 +282,8 @@ def build_dataset(ray, cfg: CurateConfig, storage: Storage, parts: list, spec, p
             image_max_side=cfg.max_side,
             carry_frames=kept_image_frames(cfg),
             attempts=attempts,
+            segment_s=cfg.segment_s,
+            span_options=plan.decode.ray_options(),
         ),
         batch_size=1,
         batch_format="numpy",
@@ -366,7 +365,7 @@ def run(cfg: CurateConfig, listed: tuple | None = None) -> dict:
         loop.close()
         report = loop.tally.report(
             cfg, spec.name, skipped=listing.get("skipped", 0), wall=time.time() - started,
-            listing=listing, assembler=loop.assembler_stats(), interrupted=not loop.completed,
+            listing=listing, assembler=loop.assembler_stats(), split=loop.split, interrupted=not loop.completed,
         )
         if loop.shards is not None:
             report["shards"] = loop.shards
@@ -404,6 +403,7 @@ class RunLoop:
         self.assembler = VideoAssembler()
         self.completed = False
         self.started_videos = 0
+        self.split = {"videos": 0, "span_tasks": 0}  # long videos decoded in spans (--segment-s)
         self._reported = 0
         self._inflight: dict = {}  # finalize ObjectRef -> (video_id, source_uri, source node)
         self._last_log = time.time()
@@ -460,6 +460,9 @@ class RunLoop:
             row = ChunkRow.from_row(chunk)
             if row.chunk_index == 0:
                 self.started_videos += 1
+                if row.spans > 1:
+                    self.split["videos"] += 1
+                    self.split["span_tasks"] += row.spans
                 if self.started_videos - self._reported >= self.PROGRESS_EVERY:
                     self._progress()
             payload = self.assembler.add(row)

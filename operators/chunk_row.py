@@ -74,6 +74,7 @@ class ChunkRow:
     features_s: float = 0.0
     embed_s: float = 0.0
     n_embed: int = 0  # frames of this chunk the model embeds
+    spans: int = 1  # span tasks the video was decoded in (DecodeStage, --segment-s)
     node_id: str = ""
     frame_index: np.ndarray = field(default_factory=lambda: _empty("frame_index"))
     timestamps: np.ndarray = field(default_factory=lambda: _empty("timestamps"))

@@ -10,6 +10,8 @@ it and goes on.
 
 from __future__ import annotations
 
+import copy
+import itertools
 import logging
 import math
 import time
@@ -18,16 +20,19 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
+from operators import defaults
 from operators.attempts import MAX_ATTEMPTS, killed_reason
 from operators.chunk_row import STATUS_FAILED, ChunkRow, batch_of, rows_of
-from operators.decode import DecodeError, probe_video
+from operators.decode import DecodeError, DecodeSpan, VideoInfo, probe_video
 from operators.pipeline import (
     SampledChunk,
     SamplingOptions,
     expected_chunks,
+    plan_spans,
     propagate,
     sample_chunks,
     sampled_count,
+    seek_order,
 )
 from operators.resources import ClusterShape, Resources
 from operators.source_cache import cache_limit_bytes, current_node_id, put_images, source_file
@@ -36,27 +41,37 @@ from operators.threads import CPU_FRAMES_PER_THREAD
 from operators.transnet import TransNetV2Detector, pad_context
 
 log = logging.getLogger("framesift")
+SPAN_ROWS_AHEAD = 4  # rows a span task may have waiting in the object store (memory: 4 chunks a span)
 
 
 
 def _with_thumb_context(chunks: Iterator[SampledChunk], on: bool) -> Iterator[tuple[SampledChunk, dict]]:
     """Each chunk with the ChunkRow fields TransNetStage needs to run it alone (the
-    neighbours' thumbnails, `transnet.with_context`), or with none when `on` is False."""
+    neighbours' thumbnails, `transnet.with_context`; a span's first and last chunks bring
+    those past its edges), or with none when `on` is False."""
     if not on:
         for chunk in chunks:
             yield chunk, {}
         return
     from operators.transnet import with_context
 
+    first = next(chunks, None)
+    if first is None:
+        return
     held: deque[SampledChunk] = deque()
+    after: list[np.ndarray] = []
 
     def thumbs() -> Iterator[np.ndarray]:
-        for chunk in chunks:
+        for chunk in itertools.chain([first], chunks):
             held.append(chunk)
+            if chunk.context_after is not None:
+                after.append(chunk.context_after)
             yield chunk.thumbs
 
-    for before, _, after, start in with_context(thumbs()):
-        yield held.popleft(), {"thumbs_before": before, "thumbs_after": after, "thumb_start": int(start)}
+    before = first.context_before
+    start = int(first.thumb_index[0]) if before is not None and len(first.thumb_index) else 0
+    for tail, _, head, at in with_context(thumbs(), before, start, lambda: after[-1] if after else None):
+        yield held.popleft(), {"thumbs_before": tail, "thumbs_after": head, "thumb_start": int(at)}
 
 
 class DecodeStage:
@@ -80,8 +95,12 @@ class DecodeStage:
         carry_frames: int = 0,
         attempts=None,
         max_attempts: int = MAX_ATTEMPTS,
+        segment_s: float = defaults.SEGMENT_S,
+        span_options: dict | None = None,
     ) -> None:
         self.storage = storage
+        self.segment_s = segment_s  # a video twice this long is decoded in spans at once (0: never)
+        self.span_options = span_options or {"num_cpus": 1}  # one span task's Ray resources
         self.sampling = sampling
         self.attempts = attempts  # a DecodeAttempts actor (None: not counted)
         self.max_attempts = max_attempts
@@ -161,31 +180,25 @@ class DecodeStage:
             with source_file(self.storage, str(src["source_uri"]), vid, keep=True, listed=listed) as path:
                 download_s = time.perf_counter() - t0
                 info = probe_video(path)
-                n = sampled_count(info, self.sampling)
-                carry = self.encode_images is not None and 0 < n <= self.carry_frames and cache_limit_bytes() > 0
-                if carry:
-                    node_id = current_node_id()  # finalize finds the images here
                 meta = dict(duration_s=info.duration_s, fps=info.fps, width=info.width, height=info.height,
                             n_chunks=expected_chunks(info, self.sampling))
                 if self.attempts is not None:  # its chunks, an end marker or a failed row
                     self.attempts.expect.remote(vid, meta["n_chunks"] + 1)
+                spans = plan_spans(info, self.sampling, self.segment_s)
+                order = seek_order(path, info) if len(spans) > 1 else None
+                if order is not None:
+                    yield from self._spans_at_once(src, node_id, info, meta, spans, order, download_s)
+                    return
+                n = sampled_count(info, self.sampling)
+                carry = self.encode_images is not None and 0 < n <= self.carry_frames and cache_limit_bytes() > 0
+                if carry:
+                    node_id = current_node_id()  # finalize finds the images here
                 chunks = sample_chunks(path, info, self.sampling, encode_images=self.encode_images if carry else None,
                                        image_max_side=self.image_max_side)
                 count = 0
-                for chunk, context in _with_thumb_context(chunks, self.sampling.keep_thumbs):
-                    if chunk.images is not None:
-                        self._keep_images(vid, count, chunk)
-                    yield self._row(
-                        src, node_id, **meta, chunk_index=count, frame_index=chunk.frame_index,
-                        timestamps=chunk.timestamps, features=chunk.features, frames=chunk.frames,
-                        group_of=chunk.group_of, decode_s=chunk.decode_s, features_s=chunk.features_s,
-                        signal_index=chunk.signal_index, signal_dist=chunk.signal_dist,
-                        signal_wdist=chunk.signal_wdist, signal_ldist=chunk.signal_ldist, thumb_index=chunk.thumb_index,
-                        thumbs=chunk.thumbs, **context,
-                        download_s=download_s if count == 0 else 0.0,
-                        n_embed=len(chunk.frames) if chunk.frames is not None else len(chunk.features),
-                    )
+                for row in self._rows_of(src, node_id, meta, chunks, 0, carry, download_s):
                     count += 1
+                    yield row
                 if count != meta["n_chunks"]:
                     # fewer frames than the container claimed: tell the assembler the real count
                     yield self._row(src, node_id, **dict(meta, n_chunks=count), is_end=True)
@@ -194,12 +207,109 @@ class DecodeStage:
         except Exception as exc:  # noqa: BLE001 - storage errors, decoder crashes: recorded
             yield self._row(src, node_id, status=STATUS_FAILED, error=failure_reason(exc, str(src["source_uri"])))
 
+    def _rows_of(self, src: dict, node_id: str, meta: dict, chunks: Iterator[SampledChunk], first: int,
+                 carry: bool, download_s: float) -> Iterator[ChunkRow]:
+        """The ChunkRows of `chunks` (a video's, or a span's whose first chunk is the video's
+        chunk `first`), keeping their images for finalize when `carry`."""
+        vid = str(src["video_id"])
+        count = first
+        for chunk, context in _with_thumb_context(chunks, self.sampling.keep_thumbs):
+            if carry and chunk.images is not None:
+                self._keep_images(vid, count, chunk)
+            yield self._row(
+                src, node_id, **meta, chunk_index=count, frame_index=chunk.frame_index,
+                timestamps=chunk.timestamps, features=chunk.features, frames=chunk.frames,
+                group_of=chunk.group_of, decode_s=chunk.decode_s, features_s=chunk.features_s,
+                signal_index=chunk.signal_index, signal_dist=chunk.signal_dist,
+                signal_wdist=chunk.signal_wdist, signal_ldist=chunk.signal_ldist, thumb_index=chunk.thumb_index,
+                thumbs=chunk.thumbs, **context,
+                download_s=download_s if count == 0 else 0.0,
+                n_embed=len(chunk.frames) if chunk.frames is not None else len(chunk.features),
+            )
+            count += 1
+
+    def span_rows(self, src: dict, node_id: str, info: VideoInfo, meta: dict, span: DecodeSpan,
+                  order: np.ndarray) -> Iterator[ChunkRow]:
+        """One span's ChunkRows, in a task of its own (`_spans_at_once`): the source from
+        this node's cache (downloaded when missing), then `sample_chunks` over the span;
+        then a row with the span's chunk count (`is_end`, `n_chunks`: the chunks it has)."""
+        vid = str(src["video_id"])
+        count = 0
+        try:
+            listed = (int(src.get("size") or 0), str(src.get("version") or "")) if "version" in src else None
+            with source_file(self.storage, str(src["source_uri"]), vid, keep=True, listed=listed) as path:
+                chunks = sample_chunks(path, info, self.sampling, span=span, order=order)
+                first = span.first // self.sampling.chunk_frames
+                for row in self._rows_of(src, node_id, meta, chunks, first, False, 0.0):
+                    count += 1
+                    yield row
+        except DecodeError as exc:
+            yield self._row(src, node_id, status=STATUS_FAILED, error=str(exc))
+            return
+        except Exception as exc:  # noqa: BLE001 - storage errors, decoder crashes: recorded
+            yield self._row(src, node_id, status=STATUS_FAILED, error=failure_reason(exc, str(src["source_uri"])))
+            return
+        yield self._row(src, node_id, **dict(meta, n_chunks=count), is_end=True)
+
+    def _spans_at_once(self, src: dict, node_id: str, info: VideoInfo, meta: dict, spans: list[DecodeSpan],
+                       order: np.ndarray, download_s: float) -> Iterator[ChunkRow]:
+        """A long video's rows from one task per span, run at once (this task waits on
+        them, its CPU lent to them meanwhile), passed on as they come. The video's rows
+        are then those of one decode, but for the real chunk count at the end when the
+        container claimed more frames than it has."""
+        import ray
+
+        task = ray.remote(_span_rows).options(num_returns="streaming", max_retries=2,
+                                              _generator_backpressure_num_objects=SPAN_ROWS_AHEAD,
+                                              **self.span_options)
+        order_ref = ray.put(order)
+        pending = [task.remote(self._for_span(), src, node_id, info, meta, span, order_ref) for span in spans]
+        count, first = 0, True
+        try:
+            while pending:
+                ready, _ = ray.wait(pending, num_returns=1)
+                try:
+                    row = ray.get(next(ready[0]))
+                except StopIteration:
+                    pending.remove(ready[0])
+                    continue
+                if row.failed:
+                    yield row
+                    return
+                if row.is_end:
+                    count += row.n_chunks
+                    continue
+                if first:
+                    row.download_s, first = download_s, False
+                row.spans = len(spans)
+                yield row
+        finally:
+            for gen in pending:  # a failed span ends the video: the others need not go on
+                try:
+                    ray.cancel(gen)
+                except Exception:  # noqa: BLE001 - already ended
+                    pass
+        if count != meta["n_chunks"]:
+            yield self._row(src, node_id, **dict(meta, n_chunks=count), is_end=True)
+
+    def _for_span(self) -> DecodeStage:
+        """This stage as a span task needs it: no attempts ledger (the video's task counts)."""
+        stage = copy.copy(self)
+        stage.attempts = None
+        return stage
+
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         """One video per input row (map_batches batch_size=1); yields one batch per chunk."""
         keys = list(batch)
         for i in range(len(batch[keys[0]])):
             for row in self._chunks({k: batch[k][i] for k in keys}):
                 yield row.to_batch()
+
+
+def _span_rows(stage: DecodeStage, src: dict, node_id: str, info: VideoInfo, meta: dict, span: DecodeSpan,
+               order: np.ndarray) -> Iterator[ChunkRow]:
+    """A span task's body (`DecodeStage._spans_at_once`)."""
+    yield from stage.span_rows(src, node_id, info, meta, span, order)
 
 
 class EmbedStage:
