@@ -116,7 +116,7 @@ def _tree_ticks(root: int) -> dict[int, int]:
 # is often shorter than CpuMeter's interval, so its CPU could not be told from the decode
 # task its worker ran before.
 DECODE_AND_FINALIZE = "decode + finalize tasks"
-JOB_ROLES = (("EmbedStage", "embedding actor"), ("DecodeStage", DECODE_AND_FINALIZE),
+JOB_ROLES = (("EmbedStage", "embedding actor"), ("DecodeStage", DECODE_AND_FINALIZE), ("_span_rows", DECODE_AND_FINALIZE),
              ("finalize_video", DECODE_AND_FINALIZE), ("finalize_here", DECODE_AND_FINALIZE),
              ("ListSources", "listing"), ("StreamingRepartition", "listing"),
              ("jobs.curate", "driver"))  # the last: a job run as its own driver process
@@ -168,6 +168,14 @@ class CpuMeter:
         self.own_cores = 0.0
         self.own_s = 0.0
         self.by_role: dict[str, float] = {}
+        self.peak_rss_mb: dict[str, float] = {}  # role -> the largest RSS one busy process of it had
+
+    def _rss_mb(self, pid: int) -> float:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                return next((int(ln.split()[1]) / 1024 for ln in f if ln.startswith("VmRSS")), 0.0)
+        except OSError:
+            return 0.0
 
     def _sample(self) -> None:
         for pid, t in _tree_ticks(self._root).items():
@@ -179,6 +187,8 @@ class CpuMeter:
                 role = process_role(_cmdline(pid), pid == self._root) or self._role.get(pid, "Ray")
                 self._ticks[role] = self._ticks.get(role, 0) + t - previous
                 self._role[pid] = role
+                if t > previous:
+                    self.peak_rss_mb[role] = max(self.peak_rss_mb.get(role, 0.0), self._rss_mb(pid))
             self._last[pid] = max(t, previous)
 
     def _loop(self) -> None:

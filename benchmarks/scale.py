@@ -20,6 +20,14 @@ Tables (each ratio against a baseline measured in the same run):
 - assembler: what one driver can take: chunk rows per second through ChunkRow.from_row +
   VideoAssembler.add (64 frames a row, 512-d float16 embeddings, 1 and 8 rows a video),
   and through Ray Data's iter_rows on this machine.
+- long: one long video (Big Buck Bunny's 30 s looped, packets copied) decoded as one task
+  (--segment-s 0) against spans at once (the default --segment-s), on one 2-CPU node:
+  wall time, CPU, the largest decode worker's RSS, and whether both wrote the same shots
+  and frames. Target: no slower than 1/N of the one-task time with N decode slots free
+  (N = 2 here); worker memory about the same at 10 min and 3 h.
+- faults: the fault corpus (benchmarks/fault_corpus.py: broken, odd and changing files)
+  through the job at its defaults but the model: each file's status and reason against
+  the one it must get, and whether any was lost (no videos/ row). Target: none lost.
 - kill: a worker node's raylet killed after the first commits: videos committed, lost,
   finalized off their node, duplicate rows dropped, wall time against the run without.
 """
@@ -37,10 +45,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import REPO, CpuMeter, LocalCluster, markdown_table
+from benchmarks.common import DECODE_AND_FINALIZE, REPO, CpuMeter, LocalCluster, markdown_table
 
-TABLES = ("nodes", "overhead", "rss", "assembler", "kill")
-JOB_ARGS = ["--embedder", "features", "--fps", "4", "--k", "3", "--method", "kmeans"]
+TABLES = ("nodes", "overhead", "rss", "assembler", "long", "faults", "kill")
+JOB_ARGS = ["--embedder", "features"]  # the defaults but the model: no CLIP weights here
 CLIP_SECONDS = 2.0
 
 
@@ -53,6 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rss-inputs", default="1000,20000", help="input counts of the RSS table")
     p.add_argument("--rss-process", type=int, default=1000,
                    help="videos each RSS run processes (the rest are committed first); 0 = all")
+    p.add_argument("--long-minutes", default="10,180", help="lengths of the long-video table's videos")
     return p.parse_args(argv)
 
 
@@ -283,6 +292,91 @@ def table_assembler(work: Path, args) -> str:
         ray.shutdown()
     head = ["path (one driver core)", "rows", "rows / CPU-s", "videos / CPU-s", "sampled frames / CPU-s"]
     return "chunk rows of 64 sampled frames, 512-d float16 embeddings\n\n" + markdown_table(head, rows_out)
+
+
+def _selection(out: Path) -> tuple:
+    """What a run chose for its videos: shot starts and selected frames' timestamps."""
+    from operators.storage import Storage
+    from operators.write import read_table
+
+    shots = sorted(r["start_s"] for r in read_table(Storage(), str(out), "shots").to_pylist())
+    frames = sorted(r["timestamp_s"] for r in read_table(Storage(), str(out), "manifest").to_pylist())
+    return shots, frames
+
+
+def table_long(work: Path, args) -> str:
+    from benchmarks.speed import loop_video
+    from operators import defaults
+
+    src = REPO.parent / "shared" / "videos" / "big_buck_bunny_0_30.webm"
+    rows = []
+    for minutes in [float(x) for x in args.long_minutes.split(",") if x]:
+        folder = work / f"long-{minutes:g}"
+        folder.mkdir()
+        loops = loop_video(src, folder / "bbb.mkv", minutes * 60)
+        runs = {}
+        for label, seg in (("one task (--segment-s 0)", 0.0), (f"spans (--segment-s {defaults.SEGMENT_S:g}, default)",
+                                                                 defaults.SEGMENT_S)):
+            cluster = LocalCluster(work / f"long-nodes-{minutes:g}-{seg:g}", worker_cpus=(2,))
+            out = work / f"long-out-{minutes:g}-{seg:g}"
+            try:
+                with CpuMeter() as m:
+                    rep = finished(driver(str(folder), out, cluster.address, ["--segment-s", str(seg)]), out)
+            finally:
+                cluster.shutdown()
+            assert rep["videos"]["done"] == 1, rep
+            runs[label] = (m, rep, _selection(out))
+            shutil.rmtree(out, ignore_errors=True)
+        base = next(iter(runs.values()))
+        for label, (m, rep, chosen) in runs.items():
+            rows.append([f"{loops * 30 / 60:.0f} min", label, str(rep["split"]["span_tasks"] or 1), f"{m.wall:.0f}",
+                         f"{base[0].wall / m.wall:.2f}x", f"{m.own_s:.0f}",
+                         f"{m.peak_rss_mb.get(DECODE_AND_FINALIZE, 0):.0f}",
+                         "yes" if chosen == base[2] else "NO", f"{m.other_cores:.1f}"])
+        shutil.rmtree(folder, ignore_errors=True)
+    head = ["video", "decode", "tasks", "wall s", "speed-up", "CPU-s", "largest decode worker RSS MB",
+            "same shots + frames", "other load (cores)"]
+    return ("Big Buck Bunny 0-30 s (1280x720 VP8, 24 fps) looped into one MKV; one 2-CPU worker node + head; "
+            "the job's defaults but the model\n\n" + markdown_table(head, rows))
+
+
+def table_faults(work: Path, args) -> str:
+    import re
+
+    import ray
+
+    from benchmarks.fault_corpus import build_fault_corpus
+    from jobs import curate
+    from operators.storage import Storage
+    from operators.write import read_table
+
+    cases = build_fault_corpus(work / "faults" / "in")
+    out = work / "faults" / "out"
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    try:
+        cfg = curate.config_from_args([str(work / "faults" / "in"), str(out), *JOB_ARGS])
+        listed = curate.preflight(cfg, Storage(), list_now=True)
+        for case in cases:  # the file that changes between listing and decode
+            if case.after_listing:
+                case.after_listing()
+        t0 = time.perf_counter()
+        curate.run(cfg, listed=listed)
+        wall = time.perf_counter() - t0
+    finally:
+        ray.shutdown()
+    got = {r["source_uri"]: r for r in read_table(Storage(), str(out), "videos").to_pylist()}
+    rows = []
+    for case in cases:
+        row = got.get(str(case.path))
+        status = row["status"] if row else "LOST"
+        reason = (row or {}).get("error") or ""
+        ok = row is not None and status == case.status and (
+            case.reason is None or bool(re.search(case.reason, reason, re.IGNORECASE)))
+        rows.append([case.name, case.status, status, reason.replace("|", "/")[:110], "yes" if ok else "NO"])
+    lost = sum(r[2] == "LOST" for r in rows)
+    head = ["input", "must be", "got", "reason (first 110 characters)", "as it must"]
+    return (f"{len(cases)} inputs, one job run on a local 2-CPU Ray ({wall:.0f} s); lost: {lost}\n\n"
+            + markdown_table(head, rows))
 
 
 def table_kill(work: Path, args) -> str:
