@@ -458,14 +458,15 @@ class RunLoop:
                            attempts=self.attempts)
         for chunk in ds.iter_rows():
             row = ChunkRow.from_row(chunk)
-            if row.chunk_index == 0:
+            seen_twice = self.assembler.duplicates
+            payload = self.assembler.add(row)
+            if row.chunk_index == 0 and self.assembler.duplicates == seen_twice:  # a video's first row
                 self.started_videos += 1
                 if row.spans > 1:
                     self.split["videos"] += 1
                     self.split["span_tasks"] += row.spans
                 if self.started_videos - self._reported >= self.PROGRESS_EVERY:
                     self._progress()
-            payload = self.assembler.add(row)
             for vid, uri in self._take_given_up():
                 log.error("gave up %s (%s): its chunks stopped arriving; not committed, a re-run "
                           "processes it", vid, uri)

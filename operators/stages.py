@@ -254,7 +254,8 @@ class DecodeStage:
     def _spans_at_once(self, src: dict, node_id: str, info: VideoInfo, meta: dict, spans: list[DecodeSpan],
                        order: np.ndarray, download_s: float) -> Iterator[ChunkRow]:
         """A long video's rows from one task per span, run at once (this task waits on
-        them, its CPU lent to them meanwhile), passed on as they come. The video's rows
+        them, its CPU lent to them meanwhile), passed on as they come (each span at most
+        SPAN_ROWS_AHEAD rows ahead). The video's rows
         are then those of one decode, but for the real chunk count at the end when the
         container claimed more frames than it has."""
         import ray
@@ -267,11 +268,14 @@ class DecodeStage:
         count, first = 0, True
         try:
             while pending:
-                ready, _ = ray.wait(pending, num_returns=1)
+                # a span with a row waiting, else block on the first: a task blocked in next()
+                # lends its CPU to the spans (one blocked in ray.wait does not)
+                ready, _ = ray.wait(pending, num_returns=len(pending), timeout=0)
+                gen = ready[0] if ready else pending[0]
                 try:
-                    row = ray.get(next(ready[0]))
+                    row = ray.get(next(gen))
                 except StopIteration:
-                    pending.remove(ready[0])
+                    pending.remove(gen)
                     continue
                 if row.failed:
                     yield row
