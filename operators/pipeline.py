@@ -63,7 +63,8 @@ class SampledChunk:
     """One decoded chunk: sampled frames' indices, times and features; with a model, the
     pixels it must embed (`frames`) and each sampled frame's representative (`group_of`);
     with shot signals, those of the source frames decoded since the previous chunk
-    (`signal_index`, `signal_dist`, `signal_wdist`; see segment.BoundarySignals) and, with
+    (`signal_index`, `signal_dist`, `signal_wdist`, `signal_ldist`, `signal_change`,
+    `signal_residual`; see segment.BoundarySignals) and, with
     `keep_thumbs`, their thumbnails."""
 
     frame_index: np.ndarray
@@ -78,6 +79,8 @@ class SampledChunk:
     signal_dist: np.ndarray | None = None
     signal_wdist: np.ndarray | None = None
     signal_ldist: np.ndarray | None = None
+    signal_change: np.ndarray | None = None
+    signal_residual: np.ndarray | None = None
     thumb_index: np.ndarray | None = None
     thumbs: np.ndarray | None = None
     transition_probs: np.ndarray | None = None  # TransNetV2's, one per thumbnail (set by its caller)
@@ -160,22 +163,25 @@ def sample_chunks(
         if opts.with_model:
             reps, group_of = plan_chunk(feats, n, opts.cascade_ratio, opts.min_candidates)
             frames = chunk.frames if len(reps) == len(feats) else np.ascontiguousarray(chunk.frames[reps])
-        sig: tuple = (None, None, None, None)
+        sig: tuple = (None,) * 6
         if signals is not None:
-            sig = signals.push(frame_features(chunk.thumbs), chunk.thumb_index)
+            sig = signals.push(frame_features(chunk.thumbs), chunk.thumb_index, chunk.thumbs)
         t2 = time.perf_counter()
         if held is not None:
             yield held
         held = SampledChunk(chunk.frame_index, chunk.timestamps, feats, frames, group_of, chunk.images,
                             decode_s=t1 - t0, features_s=t2 - t1, signal_index=sig[0], signal_dist=sig[1],
-                            signal_wdist=sig[2], signal_ldist=sig[3], thumb_index=chunk.thumb_index if opts.keep_thumbs else None,
+                            signal_wdist=sig[2], signal_ldist=sig[3], signal_change=sig[4],
+                            signal_residual=sig[5], thumb_index=chunk.thumb_index if opts.keep_thumbs else None,
                             thumbs=chunk.thumbs if opts.keep_thumbs else None)
     if held is not None and signals is not None:
         tail = signals.finish()
         held = replace(held, signal_index=np.concatenate([held.signal_index, tail[0]]),
                        signal_dist=np.concatenate([held.signal_dist, tail[1]]),
                        signal_wdist=np.concatenate([held.signal_wdist, tail[2]]),
-                       signal_ldist=np.concatenate([held.signal_ldist, tail[3]]))
+                       signal_ldist=np.concatenate([held.signal_ldist, tail[3]]),
+                       signal_change=np.concatenate([held.signal_change, tail[4]]),
+                       signal_residual=np.concatenate([held.signal_residual, tail[5]]))
     if held is not None:
         yield held
 
@@ -224,8 +230,10 @@ class SampledVideo:
                 at = np.searchsorted(index, cat("thumb_index", np.int64))
                 ok = at < len(index)
                 probs[at[ok]] = cat("transition_probs", np.float32)[ok]
+            motion = [cat(name, np.float32) if getattr(parts[0], name, None) is not None else None
+                      for name in ("signal_change", "signal_residual")]
             signals = ShotSignals(index, cat("signal_dist", np.float32), cat("signal_wdist", np.float32),
-                                  cat("signal_ldist", np.float32), probs)
+                                  cat("signal_ldist", np.float32), probs, *motion)
         return cls(cat("frame_index", np.int64), cat("timestamps", np.float64), feats, emb, duration_s, fps, signals)
 
 
