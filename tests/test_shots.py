@@ -173,3 +173,34 @@ def test_job_with_transnetv2_records_it_and_finds_the_cuts(shared_videos, tmp_pa
     assert read_table(Storage(), str(out), "videos").to_pylist()[0]["shot_detector"] == "transnetv2"
     starts = sorted(s["start_s"] for s in shots)[1:]
     assert len(starts) == 3 and np.max(np.abs(np.array(starts) - [4.13, 6.46, 8.38])) <= 0.25, starts
+
+
+def test_the_jobs_decode_stage_carries_the_motion_signals(tmp_path):
+    """A whip pan through the job's path (DecodeStage rows -> ChunkRow -> VideoAssembler):
+    the assembled video holds the same motion signals as the in-process path, and no cut."""
+    from operators.assemble import VideoAssembler
+    from operators.chunk_row import ChunkRow
+    from operators.pipeline import find_cuts
+    from operators.sources import list_inputs
+    from operators.stages import DecodeStage
+
+    scene = np.repeat(np.repeat(texture(5, 144, 27), 4, axis=0), 4, axis=1)  # 576 x 108
+    t = np.arange(8 * FPS) / FPS
+    x = 8 + 360 * _smooth((t - 3.0) / 0.5)
+    frames = np.stack([window_view(scene, xi, 192) for xi in x]).astype(np.uint8)
+    (tmp_path / "v").mkdir()
+    path = str(write_video(tmp_path / "v" / "pan.mp4", frames, fps=FPS))
+    sampling = SamplingOptions(fps=1.0, with_model=False, chunk_frames=3)
+    stage, assembler, payloads = DecodeStage(Storage(), sampling), VideoAssembler(), []
+    for src in list_inputs(Storage(), str(tmp_path / "v")):
+        for out in stage({k: np.array([v], dtype=object) for k, v in src.to_row().items()}):
+            payload = assembler.add(ChunkRow.from_row({k: v[0] for k, v in out.items()}))
+            payloads += [payload] if payload is not None else []
+    (payload,) = payloads
+    info = probe_video(path)
+    chunks = list(sample_chunks(path, info, sampling))
+    local = SampledVideo.concat(chunks, [None] * len(chunks), info.duration_s, info.fps)
+    job = payload.video.signals
+    assert job.change is not None and np.array_equal(job.change, local.signals.change)
+    assert np.array_equal(job.residual, local.signals.residual) and job.change.max() > 0
+    assert find_cuts(payload.video).tolist() == [0]
