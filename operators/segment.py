@@ -3,8 +3,10 @@
 Shots come from training-free per-frame features (colour histogram + edges + thumbnail,
 L2-normalised) of EVERY source frame, as tiny thumbnails the decoder makes anyway: a cut
 lies between two source frames, which sampling at 1 fps would throw away. The detector
-reads two per-frame signals (`BoundarySignals`, streamed chunk by chunk in the decode task
-so memory stays bounded) and `detect_cuts` finds boundaries at source-frame precision.
+reads per-frame signals (`BoundarySignals`, streamed chunk by chunk in the decode task so
+memory stays bounded): feature distances across each frame and how much of each frame's
+change no global camera motion explains, and `detect_cuts` finds boundaries at
+source-frame precision.
 `detect_shots` runs the same detector on any sequence of frames held in memory. Scenes
 group shots with semantic embeddings.
 """
