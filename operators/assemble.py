@@ -39,7 +39,7 @@ class VideoPayload:
 
 
 _HELD = ("frame_index", "timestamps", "features", "embedding", "signal_index", "signal_dist", "signal_wdist",
-         "signal_ldist", "thumb_index", "transition_probs")  # the arrays a video's payload is built from
+         "signal_ldist", "signal_change", "signal_residual", "thumb_index", "transition_probs")  # the arrays a video's payload is built from
 
 
 def _row_bytes(row: ChunkRow) -> int:

@@ -21,7 +21,7 @@ STATUS_OK, STATUS_FAILED = "ok", "failed"
 PIXEL_COLUMNS = ("frames", "group_of")  # present only while the model has not run
 THUMB_COLUMNS = ("thumbs", "thumbs_before", "thumbs_after")  # present only until TransNetStage ran
 _ARRAYS = ("frame_index", "timestamps", "features", "frames", "group_of", "embedding", "signal_index",
-           "signal_dist", "signal_wdist", "signal_ldist", "thumb_index", "thumbs", "thumbs_before",
+           "signal_dist", "signal_wdist", "signal_ldist", "signal_change", "signal_residual", "thumb_index", "thumbs", "thumbs_before",
            "thumbs_after", "transition_probs")
 
 
@@ -44,7 +44,8 @@ class ChunkRow:
       per near-duplicate group with the cascade); `group_of` (n,) maps each sampled frame to
       its representative in `frames`. The embed stage replaces both with `embedding`
       (n, D) float16, one per sampled frame. Without a model neither is set.
-    - `signal_index`, `signal_dist`, `signal_wdist`, `signal_ldist` (k,): the shot detector's
+    - `signal_index`, `signal_dist`, `signal_wdist`, `signal_ldist`, `signal_change`,
+      `signal_residual` (k,): the shot detector's
       signals of the source frames decoded since the previous chunk (segment.BoundarySignals).
     - With TransNetV2, `thumbs` (m, 27, 48, 3) uint8 RGB: every decoded frame of the chunk at
       TransNetV2's input size, `thumb_index` (m,) their source frame indices, and
@@ -86,6 +87,8 @@ class ChunkRow:
     signal_dist: np.ndarray | None = None
     signal_wdist: np.ndarray | None = None
     signal_ldist: np.ndarray | None = None
+    signal_change: np.ndarray | None = None
+    signal_residual: np.ndarray | None = None
     thumb_start: int = 0
     thumbs: np.ndarray | None = None
     thumb_index: np.ndarray | None = None

@@ -71,7 +71,8 @@ class SampledChunk:
     """One decoded chunk: sampled frames' indices, times and features; with a model, the
     pixels it must embed (`frames`) and each sampled frame's representative (`group_of`);
     with shot signals, those of the source frames decoded since the previous chunk
-    (`signal_index`, `signal_dist`, `signal_wdist`; see segment.BoundarySignals) and, with
+    (`signal_index`, `signal_dist`, `signal_wdist`, `signal_ldist`, `signal_change`,
+    `signal_residual`; see segment.BoundarySignals) and, with
     `keep_thumbs`, their thumbnails."""
 
     frame_index: np.ndarray
@@ -86,6 +87,8 @@ class SampledChunk:
     signal_dist: np.ndarray | None = None
     signal_wdist: np.ndarray | None = None
     signal_ldist: np.ndarray | None = None
+    signal_change: np.ndarray | None = None
+    signal_residual: np.ndarray | None = None
     thumb_index: np.ndarray | None = None
     thumbs: np.ndarray | None = None
     transition_probs: np.ndarray | None = None  # TransNetV2's, one per thumbnail (set by its caller)
@@ -237,7 +240,7 @@ def sample_chunks(
         if opts.with_model:
             reps, group_of = plan_chunk(feats, n, opts.cascade_ratio, opts.min_candidates)
             frames = chunk.frames if len(reps) == len(feats) else np.ascontiguousarray(chunk.frames[reps])
-        sig: tuple = (None, None, None, None)
+        sig: tuple = (None,) * 6
         thumb_index, thumbs = chunk.thumb_index, chunk.thumbs
         before = after = None
         if opts.shot_signals:
@@ -253,14 +256,15 @@ def sample_chunks(
             if signals is None:
                 skip = int(np.sum(thumb_index[pushed] < emit_from))
                 signals = BoundarySignals(window, signal_lag(info.fps, window), skip=skip)
-            sig = signals.push(frame_features(thumbs[pushed]), thumb_index[pushed])
+            sig = signals.push(frame_features(thumbs[pushed]), thumb_index[pushed], thumbs[pushed])
             thumb_index, thumbs = thumb_index[mine], thumbs[mine]
         t2 = time.perf_counter()
         if held is not None:
             yield held
         held = SampledChunk(chunk.frame_index, chunk.timestamps, feats, frames, group_of, chunk.images,
                             decode_s=t1 - t0, features_s=t2 - t1, signal_index=sig[0], signal_dist=sig[1],
-                            signal_wdist=sig[2], signal_ldist=sig[3], thumb_index=thumb_index if opts.keep_thumbs else None,
+                            signal_wdist=sig[2], signal_ldist=sig[3], signal_change=sig[4],
+                            signal_residual=sig[5], thumb_index=thumb_index if opts.keep_thumbs else None,
                             thumbs=thumbs if opts.keep_thumbs else None, context_before=before, context_after=after)
     if own_to is not None:  # a span before the last: the next one has the signals' tail
         signals = None
@@ -269,7 +273,9 @@ def sample_chunks(
         held = replace(held, signal_index=np.concatenate([held.signal_index, tail[0]]),
                        signal_dist=np.concatenate([held.signal_dist, tail[1]]),
                        signal_wdist=np.concatenate([held.signal_wdist, tail[2]]),
-                       signal_ldist=np.concatenate([held.signal_ldist, tail[3]]))
+                       signal_ldist=np.concatenate([held.signal_ldist, tail[3]]),
+                       signal_change=np.concatenate([held.signal_change, tail[4]]),
+                       signal_residual=np.concatenate([held.signal_residual, tail[5]]))
     if held is not None:
         yield held
 
@@ -318,8 +324,10 @@ class SampledVideo:
                 at = np.searchsorted(index, cat("thumb_index", np.int64))
                 ok = at < len(index)
                 probs[at[ok]] = cat("transition_probs", np.float32)[ok]
+            motion = [cat(name, np.float32) if getattr(parts[0], name, None) is not None else None
+                      for name in ("signal_change", "signal_residual")]
             signals = ShotSignals(index, cat("signal_dist", np.float32), cat("signal_wdist", np.float32),
-                                  cat("signal_ldist", np.float32), probs)
+                                  cat("signal_ldist", np.float32), probs, *motion)
         return cls(cat("frame_index", np.int64), cat("timestamps", np.float64), feats, emb, duration_s, fps, signals)
 
 

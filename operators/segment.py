@@ -3,8 +3,10 @@
 Shots come from training-free per-frame features (colour histogram + edges + thumbnail,
 L2-normalised) of EVERY source frame, as tiny thumbnails the decoder makes anyway: a cut
 lies between two source frames, which sampling at 1 fps would throw away. The detector
-reads two per-frame signals (`BoundarySignals`, streamed chunk by chunk in the decode task
-so memory stays bounded) and `detect_cuts` finds boundaries at source-frame precision.
+reads per-frame signals (`BoundarySignals`, streamed chunk by chunk in the decode task so
+memory stays bounded): feature distances across each frame and how much of each frame's
+change no global camera motion explains, and `detect_cuts` finds boundaries at
+source-frame precision.
 `detect_shots` runs the same detector on any sequence of frames held in memory. Scenes
 group shots with semantic embeddings.
 """
@@ -159,6 +161,73 @@ def _suppress(
     return sorted(kept)
 
 
+def _grey(thumbs: np.ndarray) -> np.ndarray:
+    """Luma of RGB thumbnails (m, h, w, 3) uint8 as float32 (m, h, w)."""
+    return np.asarray(thumbs, np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def _zoomed(grey: np.ndarray, scale: float) -> np.ndarray:
+    """Frames (m, h, w) magnified by ``scale`` about their centre (bilinear, edges held)."""
+    h, w = grey.shape[1:]
+    y = np.clip((np.arange(h) - (h - 1) / 2) / scale + (h - 1) / 2, 0, h - 1)
+    x = np.clip((np.arange(w) - (w - 1) / 2) / scale + (w - 1) / 2, 0, w - 1)
+    y0, x0 = np.floor(y).astype(np.int64), np.floor(x).astype(np.int64)
+    y1, x1 = np.minimum(y0 + 1, h - 1), np.minimum(x0 + 1, w - 1)
+    fy, fx = (y - y0)[None, :, None], (x - x0)[None, None, :]
+    top = grey[:, y0][:, :, x0] * (1 - fx) + grey[:, y0][:, :, x1] * fx
+    bottom = grey[:, y1][:, :, x0] * (1 - fx) + grey[:, y1][:, :, x1] * fx
+    return top * (1 - fy) + bottom * fy
+
+
+ZOOMS = (0.8, 0.9, 1 / 0.9, 1 / 0.8)  # the per-frame zooms `motion_residuals` tries
+
+
+def motion_residuals(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """How much each frame changed from the one before it, and how much of that change no
+    global camera motion explains.
+
+    Takes ``grey`` (m + 1, h, w) float32 luma thumbnails (the frame before the first one
+    first). Returns (change, residual), (m,) float32 each: the mean absolute difference
+    with the previous frame, and the smallest such difference after moving the previous
+    frame by a global shift (up to a sixth of the frame each way, on a 2x2-pooled copy) or
+    a zoom about its centre (ZOOMS, on a 3x3-blurred copy, so that resampling itself costs
+    little), over the part of the frame every candidate covers. A pan or a zoom leaves
+    little residual; a cut, a dissolve, a wipe or an iris leave most of the change.
+    """
+    m = len(grey) - 1
+    if m <= 0:
+        return np.zeros(0, np.float32), np.zeros(0, np.float32)
+    h, w = grey.shape[1:]
+    half = grey[:, : h // 2 * 2, : w // 2 * 2].reshape(m + 1, h // 2, 2, w // 2, 2).mean(axis=(2, 4))
+    hh, hw = half.shape[1:]
+    sy, sx = max(1, hh // 6), max(1, hw // 6)
+    cur, prev = half[1:, sy : hh - sy, sx : hw - sx], half[:-1]
+    change = np.abs(cur - prev[:, sy : hh - sy, sx : hw - sx]).mean(axis=(1, 2))
+    shifted = change.copy()
+    for dy in range(-sy, sy + 1):
+        for dx in range(-sx, sx + 1):
+            moved = prev[:, sy + dy : hh - sy + dy, sx + dx : hw - sx + dx]
+            shifted = np.minimum(shifted, np.abs(cur - moved).mean(axis=(1, 2)))
+    pad = np.pad(grey, ((0, 0), (1, 1), (1, 1)), mode="edge")
+    blur = sum(pad[:, dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3)) / 9.0
+    my, mx = max(1, h // 6), max(1, w // 8)
+    cur, prev = blur[1:, my : h - my, mx : w - mx], blur[:-1]
+    still = np.abs(cur - prev[:, my : h - my, mx : w - mx]).mean(axis=(1, 2))
+    zoomed = still.copy()
+    for scale in ZOOMS:
+        zoomed = np.minimum(zoomed, np.abs(cur - _zoomed(prev, scale)[:, my : h - my, mx : w - mx]).mean(axis=(1, 2)))
+    share = np.minimum(shifted / np.maximum(change, 1e-6), zoomed / np.maximum(still, 1e-6))
+    return change.astype(np.float32), (change * np.minimum(share, 1.0)).astype(np.float32)
+
+
+def _unexplained(change: np.ndarray, residual: np.ndarray, lo: int, hi: int) -> float:
+    """Share of the change over entries [lo, hi) that no global motion explains (1.0 when
+    nothing changed)."""
+    lo, hi = max(0, lo), min(len(change), hi)
+    total = float(np.sum(change[lo:hi]))
+    return float(np.sum(residual[lo:hi])) / total if total > 1e-6 else 1.0
+
+
 WINDOW_S = 1.0  # the soft-transition detector's window on either side of a boundary
 MIN_SHOT_S = 1.0  # no shot is shorter (a boundary nearer one or the video's ends is dropped)
 LAG_S = 0.25  # the step of the "how busy is it" signal: what sampling at 4 fps would see
@@ -175,15 +244,18 @@ def signal_lag(fps: float, window: int) -> int:
 
 
 class BoundarySignals:
-    """The shot detector's two signals, streamed over one video's frames chunk by chunk.
+    """The shot detector's signals, streamed over one video's frames chunk by chunk.
 
     For every frame i (in the order pushed): `dist[i]`, the cosine distance to frame i-1;
     `wdist[i]`, the distance between the mean of the `window` frames before i and of the
     `window` frames from i on (windows clipped at the video's ends); `ldist[i]`, the
-    distance to frame i-`lag` (clipped at the start); all 0 for the first frame. `push`
-    returns the frames whose signals are complete (a frame's `wdist` needs `window` frames
-    after it), `finish` the rest. Memory: 2 x `window` frames' features. Returns are
-    (frame_index (k,) int64, dist, wdist, ldist (k,) float32).
+    distance to frame i-`lag` (clipped at the start); with thumbnails, `change[i]` and
+    `residual[i]`, the grey-level change from frame i-1 and what of it no global shift or
+    zoom explains (`motion_residuals`); all 0 for the first frame (change and residual 0
+    without thumbnails). `push` returns the frames whose signals are complete (a frame's
+    `wdist` needs `window` frames after it), `finish` the rest. Memory: 2 x `window`
+    frames' features and one thumbnail. Returns are (frame_index (k,) int64, dist, wdist,
+    ldist, change, residual (k,) float32).
 
     The first `skip` frames pushed are context only (their signals are never returned):
     a span of a long video decoded on its own starts with the frames before it.
@@ -194,15 +266,26 @@ class BoundarySignals:
         self.lag = max(1, min(int(lag), self.window))
         self._feats = np.zeros((0, 0), np.float64)
         self._index = np.zeros(0, np.int64)
+        self._motion = np.zeros((2, 0), np.float32)  # change, residual of the buffer's frames
+        self._grey: np.ndarray | None = None  # the last frame's luma thumbnail
         self._base = 0  # position of the buffer's first frame
         self._next = int(skip)  # position of the first frame whose signals are not out yet
         self._seen = 0
 
-    def push(self, features: np.ndarray, frame_index: np.ndarray) -> tuple[np.ndarray, ...]:
-        """Take the next frames' features (m, D) and source indices (m,)."""
+    def push(self, features: np.ndarray, frame_index: np.ndarray,
+             thumbs: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+        """Take the next frames' features (m, D), source indices (m,) and, for the motion
+        signals, their thumbnails (m, h, w, 3) uint8."""
         f = unit_rows(features).astype(np.float64)
         self._feats = f if self._feats.size == 0 else np.concatenate([self._feats, f])
         self._index = np.concatenate([self._index, np.asarray(frame_index, np.int64)])
+        motion = np.zeros((2, len(f)), np.float32)
+        if thumbs is not None and len(thumbs):
+            grey = _grey(thumbs)
+            before = grey[:1] if self._grey is None else self._grey[None]
+            motion = np.stack(motion_residuals(np.concatenate([before, grey])))
+            self._grey = grey[-1]
+        self._motion = np.concatenate([self._motion, motion], axis=1)
         self._seen += len(f)
         return self._emit(self._seen - self.window + 1, clip_right=False)
 
@@ -213,7 +296,7 @@ class BoundarySignals:
     def _emit(self, upto: int, clip_right: bool) -> tuple[np.ndarray, ...]:
         lo, hi = self._next, max(self._next, min(upto, self._seen))
         if hi <= lo:
-            return np.zeros(0, np.int64), *(np.zeros(0, np.float32) for _ in range(3))
+            return np.zeros(0, np.int64), *(np.zeros(0, np.float32) for _ in range(5))
         w, base, f = self.window, self._base, self._feats
         b = np.arange(lo, hi)
         dist, wdist, ldist = np.zeros(len(b)), np.zeros(len(b)), np.zeros(len(b))
@@ -228,37 +311,47 @@ class BoundarySignals:
         left = unit_rows((csum[bi] - csum[left_lo]) / (bi - left_lo)[:, None])
         right = unit_rows((csum[right_hi] - csum[bi]) / (right_hi - bi)[:, None])
         wdist[inner] = np.clip(1.0 - np.sum(left * right, axis=1, dtype=np.float64), 0.0, 2.0)
-        out = (self._index[b - base], dist.astype(np.float32), wdist.astype(np.float32), ldist.astype(np.float32))
+        change, residual = self._motion[:, b - base]
+        out = (self._index[b - base], dist.astype(np.float32), wdist.astype(np.float32), ldist.astype(np.float32),
+               change, residual)
         self._next = hi
         keep_from = max(0, hi - w)  # the next frame's left window starts here
         self._feats, self._index = self._feats[keep_from - base :], self._index[keep_from - base :]
+        self._motion = self._motion[:, keep_from - base :]
         self._base = keep_from
         return out
 
 
-def boundary_signals(features: np.ndarray, window: int, lag: int = 1) -> tuple[np.ndarray, ...]:
-    """`BoundarySignals` of frames held in memory: (dist, wdist, ldist), each (n,)."""
+def boundary_signals(features: np.ndarray, window: int, lag: int = 1,
+                     thumbs: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+    """`BoundarySignals` of frames held in memory: (dist, wdist, ldist, change, residual),
+    each (n,)."""
     signals = BoundarySignals(window, lag)
-    parts = [signals.push(features, np.arange(len(features))), signals.finish()]
-    return tuple(np.concatenate([p[i] for p in parts]) for i in (1, 2, 3))
+    parts = [signals.push(features, np.arange(len(features)), thumbs), signals.finish()]
+    return tuple(np.concatenate([p[i] for p in parts]) for i in range(1, 6))
 
 
 @dataclass(frozen=True)
 class ShotSignals:
     """One video's detector input: per source frame (every decoded frame, in order) its
     index, `dist`, `wdist` and `ldist` (see BoundarySignals), and, with TransNetV2, its
-    transition probability."""
+    transition probability; `change` and `residual` (BoundarySignals' motion signals;
+    None: no motion test)."""
 
     frame_index: np.ndarray
     dist: np.ndarray
     wdist: np.ndarray
     ldist: np.ndarray
     probs: np.ndarray | None = None
+    change: np.ndarray | None = None
+    residual: np.ndarray | None = None
 
 
-# detect_cuts' soft-transition rule on every source frame, tuned on the benchmark's sets:
-# a lower floor and a milder prominence than on 4 fps samples find transitions of 1.5-2 s
-DENSE_PARAMS = {"gradual_floor": 0.14, "gradual_median": 1.5, "gradual_prominence": 3.0}
+# detect_cuts' rule on every source frame, tuned on the benchmark's sets: a lower floor, a
+# milder prominence and steadiness than on 4 fps samples find transitions of 1.5-2 s, and
+# the motion test keeps whip pans and fast zooms out (docs/decisions.md, "Shots")
+DENSE_PARAMS = {"gradual_floor": 0.14, "gradual_median": 1.5, "gradual_prominence": 3.0, "steadiness": 12.0,
+                "min_unexplained": 0.6}
 
 
 def detect_cuts(signals: ShotSignals, fps: float, **params) -> np.ndarray:
@@ -270,6 +363,8 @@ def detect_cuts(signals: ShotSignals, fps: float, **params) -> np.ndarray:
     params = {**DENSE_PARAMS, **params}
     ts = signals.frame_index.astype(np.float64) / fps
     sig = [np.asarray(x[1:], np.float64) for x in (signals.dist, signals.wdist, signals.ldist)]
+    if signals.change is not None and signals.residual is not None:
+        params["motion"] = tuple(np.asarray(x[1:], np.float64) for x in (signals.change, signals.residual))
     starts = _shots_from_signals(*sig, ts, signal_window(fps, params.pop("window_s", WINDOW_S)), **params)
     cuts = signals.frame_index[starts]
     cuts[0] = 0
@@ -321,7 +416,7 @@ def detect_shots(
     if n == 0:
         return np.zeros(0, dtype=np.int64)
     window = max(2, round(window_s / _frame_step(ts)))
-    dist, wdist, _ = boundary_signals(feats, window)
+    dist, wdist, *_ = boundary_signals(feats, window)
     dist, wdist = dist[1:].astype(np.float64), wdist[1:].astype(np.float64)
     return _shots_from_signals(dist, wdist, dist, ts, window,
                                threshold=threshold, min_shot_s=min_shot_s, hard_ratio=hard_ratio,
@@ -345,12 +440,18 @@ def _shots_from_signals(
     gradual_median: float = 2.0,
     gradual_prominence: float = 4.0,
     steadiness: float = 20.0,
+    motion: tuple[np.ndarray, np.ndarray] | None = None,
+    min_unexplained: float = 0.0,
 ) -> np.ndarray:
     """detect_shots' decision from the signals across each boundary, (n-1,) each, entry
     b-1 for the boundary before frame b: `dist` (adjacent frames), `wdist` (windows),
     `busy` (frames LAG_S apart: the motion measure the soft-transition rule compares with,
     the adjacent distance itself for frames sampled a few a second); frame times `ts` (n,),
-    the window in frames. Returns shot start positions (first 0)."""
+    the window in frames; optionally `motion`, (change, residual) across each boundary
+    (BoundarySignals). With it, a boundary must leave `min_unexplained` of its grey-level
+    change unexplained by a global shift or zoom: a hard cut across its own frame pair, a
+    soft transition over the half window on either side of its peak; a whip pan or a fast
+    zoom changes the picture as much, but moves it. Returns shot start positions (first 0)."""
     n = len(ts)
     if n < 3:
         return np.zeros(1, dtype=np.int64)
@@ -361,9 +462,14 @@ def _shots_from_signals(
         else max(gradual_floor, gradual_median * float(np.median(wdist)))
     )
     cands = _hard_cut_candidates(dist, wdist, hard_thr, hard_ratio, window, lasting)
-    cands += _gradual_candidates(
-        wdist, busy, grad_thr, gradual_prominence, steadiness, window
-    )
+    gradual = _gradual_candidates(wdist, busy, grad_thr, gradual_prominence, steadiness, window)
+    if motion is not None and min_unexplained > 0:
+        change, residual = motion
+        half = max(1, window // 2)
+        cands = [c for c in cands if _unexplained(change, residual, c[0] - 1, c[0]) >= min_unexplained]
+        gradual = [c for c in gradual
+                   if _unexplained(change, residual, c[0] - 1 - half, c[0] + half) >= min_unexplained]
+    cands += gradual
     starts = [0] + _suppress(cands, ts, min_shot_s)
     return np.asarray(starts, dtype=np.int64)
 

@@ -133,6 +133,7 @@ class DecodeStage:
         if self.sampling.shot_signals and row.signal_index is None:
             row.signal_index = np.zeros(0, np.int64)
             row.signal_dist = row.signal_wdist = row.signal_ldist = np.zeros(0, np.float32)
+            row.signal_change = row.signal_residual = np.zeros(0, np.float32)
         if self.sampling.keep_thumbs and row.thumbs is None:
             row.thumb_index = np.zeros(0, np.int64)
             row.thumbs = row.thumbs_before = row.thumbs_after = np.zeros((0, 27, 48, 3), np.uint8)
@@ -221,8 +222,9 @@ class DecodeStage:
                 timestamps=chunk.timestamps, features=chunk.features, frames=chunk.frames,
                 group_of=chunk.group_of, decode_s=chunk.decode_s, features_s=chunk.features_s,
                 signal_index=chunk.signal_index, signal_dist=chunk.signal_dist,
-                signal_wdist=chunk.signal_wdist, signal_ldist=chunk.signal_ldist, thumb_index=chunk.thumb_index,
-                thumbs=chunk.thumbs, **context,
+                signal_wdist=chunk.signal_wdist, signal_ldist=chunk.signal_ldist,
+                signal_change=chunk.signal_change, signal_residual=chunk.signal_residual,
+                thumb_index=chunk.thumb_index, thumbs=chunk.thumbs, **context,
                 download_s=download_s if count == 0 else 0.0,
                 n_embed=len(chunk.frames) if chunk.frames is not None else len(chunk.features),
             )

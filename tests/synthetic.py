@@ -47,3 +47,31 @@ def make_shots_video(path: str | Path, shot_seconds: list[float], fps: int = 10,
     parts = [shot_frames(int(round(s * fps)), seed + i) for i, s in enumerate(shot_seconds)]
     write_video(path, np.concatenate(parts), fps=fps)
     return list(np.cumsum(shot_seconds)[:-1])
+
+
+def texture(seed: int, width: int, height: int, tint: tuple[int, int, int] | None = None) -> np.ndarray:
+    """A smooth random colour texture (height, width, 3) float32 in [0, 255]: a coarse
+    4 x 12 colour field plus finer detail, so that a window moved across it shows other
+    colours and a global shift can be told from a change of content; ``tint`` pulls its
+    colours towards one hue (two tints: two shots that look different)."""
+    rng = np.random.default_rng(seed)
+
+    def up(a: np.ndarray) -> np.ndarray:
+        ys, xs = np.linspace(0, a.shape[0] - 1, height), np.linspace(0, a.shape[1] - 1, width)
+        y0, x0 = np.floor(ys).astype(int), np.floor(xs).astype(int)
+        y1, x1 = np.minimum(y0 + 1, a.shape[0] - 1), np.minimum(x0 + 1, a.shape[1] - 1)
+        fy, fx = (ys - y0)[:, None, None], (xs - x0)[None, :, None]
+        top = a[y0][:, x0] * (1 - fx) + a[y0][:, x1] * fx
+        return top * (1 - fy) + (a[y1][:, x0] * (1 - fx) + a[y1][:, x1] * fx) * fy
+
+    img = np.clip(up(rng.uniform(0, 255, (4, 12, 3))) + up(rng.uniform(-40, 40, (9, 36, 3))), 0, 255)
+    if tint is not None:
+        img = 0.6 * img + 0.4 * np.asarray(tint, np.float64)
+    return img.astype(np.float32)
+
+
+def window_view(img: np.ndarray, x: float, width: int) -> np.ndarray:
+    """The ``width`` columns of ``img`` from the (fractional) column ``x``, interpolated."""
+    x0 = int(np.floor(x))
+    f = x - x0
+    return img[:, x0 : x0 + width] * (1 - f) + img[:, x0 + 1 : x0 + width + 1] * f

@@ -74,7 +74,7 @@ def test_spans_give_the_whole_decodes_chunks(long_video):
         np.testing.assert_array_equal(a.timestamps, b.timestamps)
         np.testing.assert_array_equal(a.features, b.features)  # the same decoded pixels after a seek
         np.testing.assert_array_equal(a.signal_index, b.signal_index)
-        for name in ("signal_dist", "signal_wdist", "signal_ldist"):
+        for name in ("signal_dist", "signal_wdist", "signal_ldist", "signal_change", "signal_residual"):
             np.testing.assert_allclose(getattr(a, name), getattr(b, name), atol=1e-6, err_msg=name)
     videos = [SampledVideo.concat(c, [None] * len(c), 24.0, FPS) for c in (whole, parts)]
     cuts = find_cuts(videos[0])
