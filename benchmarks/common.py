@@ -168,12 +168,14 @@ class CpuMeter:
         self.own_cores = 0.0
         self.own_s = 0.0
         self.by_role: dict[str, float] = {}
-        self.peak_rss_mb: dict[str, float] = {}  # role -> the largest RSS one busy process of it had
+        # role -> the largest private RSS (RssAnon: not the object store's shared pages it
+        # wrote, which count in VmRSS) one busy process of it had
+        self.peak_rss_mb: dict[str, float] = {}
 
     def _rss_mb(self, pid: int) -> float:
         try:
             with open(f"/proc/{pid}/status") as f:
-                return next((int(ln.split()[1]) / 1024 for ln in f if ln.startswith("VmRSS")), 0.0)
+                return next((int(ln.split()[1]) / 1024 for ln in f if ln.startswith("RssAnon")), 0.0)
         except OSError:
             return 0.0
 

@@ -22,7 +22,7 @@ Tables (each ratio against a baseline measured in the same run):
   and through Ray Data's iter_rows on this machine.
 - long: one long video (Big Buck Bunny's 30 s looped, packets copied) decoded as one task
   (--segment-s 0) against spans at once (the default --segment-s), on one 2-CPU node:
-  wall time, CPU, the largest decode worker's RSS, and whether both wrote the same shots
+  wall time, CPU, the largest decode worker's private RSS, and whether both wrote the same shots
   and frames. Target: no slower than 1/N of the one-task time with N decode slots free
   (N = 2 here); worker memory about the same at 10 min and 3 h.
 - faults: the fault corpus (benchmarks/fault_corpus.py: broken, odd and changing files)
@@ -330,11 +330,11 @@ def table_long(work: Path, args) -> str:
         base = next(iter(runs.values()))
         for label, (m, rep, chosen) in runs.items():
             rows.append([f"{loops * 30 / 60:.0f} min", label, str(rep["split"]["span_tasks"] or 1), f"{m.wall:.0f}",
-                         f"{base[0].wall / m.wall:.2f}x", f"{m.own_s:.0f}",
+                         f"{base[0].wall / m.wall:.2f}x", f"{m.own_s:.0f}", f"{m.own_s / m.wall:.2f}",
                          f"{m.peak_rss_mb.get(DECODE_AND_FINALIZE, 0):.0f}",
                          "yes" if chosen == base[2] else "NO", f"{m.other_cores:.1f}"])
         shutil.rmtree(folder, ignore_errors=True)
-    head = ["video", "decode", "tasks", "wall s", "speed-up", "CPU-s", "largest decode worker RSS MB",
+    head = ["video", "decode", "tasks", "wall s", "speed-up", "CPU-s", "cores busy", "largest decode worker RSS MB",
             "same shots + frames", "other load (cores)"]
     return ("Big Buck Bunny 0-30 s (1280x720 VP8, 24 fps) looped into one MKV; one 2-CPU worker node + head; "
             "the job's defaults but the model\n\n" + markdown_table(head, rows))
