@@ -370,7 +370,7 @@ def run(cfg: CurateConfig, listed: tuple | None = None) -> dict:
         if loop.shards is not None:
             report["shards"] = loop.shards
         if loop.completed:
-            finish_output(storage, cfg, report)
+            report = finish_off_driver(ray, storage, cfg, report)
         else:  # interrupted: the report only; the next run compacts and rolls what is left
             write_report(storage, cfg.output, report)
     if listing.get("listed", 1) == 0:
@@ -535,11 +535,26 @@ def clip_settings(cfg: CurateConfig) -> ClipSettings | None:
     return ClipSettings(mode=cfg.clip_mode, min_s=cfg.clip_min_s, max_s=cfg.clip_max_s, options=options)
 
 
-def finish_output(storage: Storage, cfg: CurateConfig, report: dict) -> None:
+def finish_off_driver(ray, storage: Storage, cfg: CurateConfig, report: dict) -> dict:
+    """`finish_output` in a task on the driver's node, so that the driver's memory stays
+    flat in the corpus (the end-of-run compaction and report.html read the whole output's
+    ids and tables); here, when that task cannot run. Returns the report as written."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    task = ray.remote(num_cpus=0, max_retries=1, scheduling_strategy=here)(finish_output)
+    try:
+        return ray.get(task.remote(storage, cfg, report))
+    except Exception as exc:  # noqa: BLE001 - the data is committed: finish it here instead
+        log.warning("the end-of-run task failed (%s); finishing on the driver", str(exc).splitlines()[0])
+        return finish_output(storage, cfg, report)
+
+
+def finish_output(storage: Storage, cfg: CurateConfig, report: dict) -> dict:
     """The end of a run: the corpus dedup pass (--dedup-corpus), compact the tables (unless
-    --compact-every 0), write report.json and report.html. Everything is committed already,
-    so a failure here is logged, not raised: `framesift-dedup OUTPUT`, `framesift-compact
-    OUTPUT` / `python -m jobs.report OUTPUT` redo each part."""
+    --compact-every 0), write report.json and report.html; returns the report. Everything is
+    committed already, so a failure here is logged, not raised: `framesift-dedup OUTPUT`,
+    `framesift-compact OUTPUT` / `python -m jobs.report OUTPUT` redo each part."""
     from operators.compact import compact_output
     from operators.report import write_html_report
 
@@ -562,6 +577,7 @@ def finish_output(storage: Storage, cfg: CurateConfig, report: dict) -> None:
         write_html_report(storage, cfg.output)
     except Exception as exc:  # noqa: BLE001 - the data is committed; the report can be redone
         log.error("writing report.html failed (run python -m jobs.report on OUTPUT): %s", exc)
+    return report
 
 
 def _finalize_placement(payload) -> dict:
