@@ -239,13 +239,27 @@ def wait_until_quiet(limit_s: float, threshold: float = 0.3, window: float = 2.0
 # --------------------------------------------------------------------------- many nodes
 
 
+POOL_ENV = "RAY_num_workers_soft_limit"
+
+
+def _pool_limit(cpus: int) -> str:
+    """The idle-worker limit the job's own local Ray sets, for a node of `cpus` CPUs."""
+    from jobs.config import CurateConfig
+    from jobs.curate import worker_pool_env
+
+    return worker_pool_env(cpus, CurateConfig().max_inflight_videos)[POOL_ENV]
+
+
 class LocalCluster:
     """A real multi-node Ray cluster on this machine (`ray.cluster_utils.Cluster`): a head
     that runs no tasks (0 CPUs) and worker nodes, each with its own source cache folder
     under `root` (so that a finalize that lands off its video's node cannot read that node's
     copy). It lives in a private Ray temp folder (RAY_TMPDIR, short for Ray's socket paths),
     so that no other Ray on the machine finds it by ray_current_cluster; the test or
-    benchmark process does not connect to it (drivers get `address` as RAY_ADDRESS)."""
+    benchmark process does not connect to it (drivers get `address` as RAY_ADDRESS). Every
+    node keeps idle workers as cluster/README.md tells users to (`RAY_num_workers_soft_limit`
+    of `jobs.curate.worker_pool_env`): with Ray's default of one per core, a 1-CPU node
+    started a fresh Python worker, imports and all, for nearly every finalize task."""
 
     def __init__(self, root: str | Path, worker_cpus: Sequence[int] = (1, 1), head_cpus: int = 0) -> None:
         import tempfile
@@ -254,10 +268,14 @@ class LocalCluster:
 
         self.root = Path(root)
         self.tmp = tempfile.mkdtemp(prefix="fsc-", dir="/tmp")
-        self._saved = {k: os.environ.get(k) for k in ("RAY_TMPDIR", "FRAMESIFT_SOURCE_CACHE")}
+        self._saved = {k: os.environ.get(k) for k in ("RAY_TMPDIR", "FRAMESIFT_SOURCE_CACHE", POOL_ENV)}
         os.environ["RAY_TMPDIR"] = self.tmp
-        self.cluster = Cluster(initialize_head=True, connect=False,
-                               head_node_args={"num_cpus": head_cpus, "include_dashboard": False})
+        os.environ[POOL_ENV] = _pool_limit(head_cpus)
+        try:
+            self.cluster = Cluster(initialize_head=True, connect=False,
+                                   head_node_args={"num_cpus": head_cpus, "include_dashboard": False})
+        finally:
+            _restore(POOL_ENV, self._saved[POOL_ENV])
         self.workers: list = []
         self._added = 0
         for i, cpus in enumerate(worker_cpus):
@@ -266,11 +284,13 @@ class LocalCluster:
     def add_worker(self, cpus: int = 1, resources: dict | None = None):
         """A new worker node of `cpus` CPUs with its own cache folder; returns it."""
         os.environ["FRAMESIFT_SOURCE_CACHE"] = str(self.root / f"cache-{self._added}")  # its raylet inherits it
+        os.environ[POOL_ENV] = _pool_limit(cpus)
         self._added += 1
         try:
             node = self.cluster.add_node(num_cpus=cpus, resources=resources or {})
         finally:
             _restore("FRAMESIFT_SOURCE_CACHE", self._saved["FRAMESIFT_SOURCE_CACHE"])
+            _restore(POOL_ENV, self._saved[POOL_ENV])
         self.workers.append(node)
         return node
 
