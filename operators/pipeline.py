@@ -22,6 +22,7 @@ import numpy as np
 from operators import defaults
 from operators.cascade import plan_chunk
 from operators.decode import (
+    SEEKABLE_CONTAINERS,
     DecodeSpan,
     VideoInfo,
     display_order,
@@ -181,8 +182,6 @@ def seek_order(path: str, info: VideoInfo) -> np.ndarray | None:
     """The timestamps a span's decoder indexes frames by after a seek (`display_order`), or
     None when the video cannot be split: a container without an index to seek in, a
     variable frame rate, or packets whose timestamps do not name each frame once."""
-    from operators.decode import SEEKABLE_CONTAINERS
-
     if os.path.splitext(path)[1].lower() not in SEEKABLE_CONTAINERS or info.frame_times is not None:
         return None
     return display_order(path, info.num_frames)

@@ -45,6 +45,11 @@ SPAN_ROWS_AHEAD = 4  # rows a span task may have waiting in the object store (me
 
 
 
+def _listed(src: dict) -> tuple[int, str] | None:
+    """The (size, version) the listing saw of a source row (None: not listed with them)."""
+    return (int(src.get("size") or 0), str(src.get("version") or "")) if "version" in src else None
+
+
 def _with_thumb_context(chunks: Iterator[SampledChunk], on: bool) -> Iterator[tuple[SampledChunk, dict]]:
     """Each chunk with the ChunkRow fields TransNetStage needs to run it alone (the
     neighbours' thumbnails, `transnet.with_context`; a span's first and last chunks bring
@@ -177,8 +182,7 @@ class DecodeStage:
         t0 = time.perf_counter()
         try:
             # a source in object storage stays on this node's disk for finalize to read again
-            listed = (int(src.get("size") or 0), str(src.get("version") or "")) if "version" in src else None
-            with source_file(self.storage, str(src["source_uri"]), vid, keep=True, listed=listed) as path:
+            with source_file(self.storage, str(src["source_uri"]), vid, keep=True, listed=_listed(src)) as path:
                 download_s = time.perf_counter() - t0
                 info = probe_video(path)
                 meta = dict(duration_s=info.duration_s, fps=info.fps, width=info.width, height=info.height,
@@ -238,8 +242,7 @@ class DecodeStage:
         vid = str(src["video_id"])
         count = 0
         try:
-            listed = (int(src.get("size") or 0), str(src.get("version") or "")) if "version" in src else None
-            with source_file(self.storage, str(src["source_uri"]), vid, keep=True, listed=listed) as path:
+            with source_file(self.storage, str(src["source_uri"]), vid, keep=True, listed=_listed(src)) as path:
                 chunks = sample_chunks(path, info, self.sampling, span=span, order=order)
                 first = span.first // self.sampling.chunk_frames
                 for row in self._rows_of(src, node_id, meta, chunks, first, False, 0.0):

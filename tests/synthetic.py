@@ -26,14 +26,16 @@ def shot_frames(n: int, seed: int, size: tuple[int, int] = (160, 120)) -> np.nda
     return frames
 
 
-def write_video(path: str | Path, frames: np.ndarray, fps: int = 10, codec: str = "mpeg4") -> Path:
-    """Encode (n, H, W, 3) uint8 frames to a video file; returns its path."""
+def write_video(path: str | Path, frames: np.ndarray, fps: int = 10, codec: str = "mpeg4",
+                options: dict[str, str] | None = None) -> Path:
+    """Encode (n, H, W, 3) uint8 frames to a video file with the encoder's `options` (default:
+    a keyframe every 12 frames); returns its path."""
     path = Path(path)
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
-        stream.options = {"g": "12"}
+        stream.options = options or {"g": "12"}
         for f in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
                 container.mux(packet)

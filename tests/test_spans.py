@@ -8,14 +8,13 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 
 from operators.decode import probe_video
 from operators.pipeline import SampledVideo, SamplingOptions, find_cuts, plan_spans, sample_chunks, seek_order
 from operators.stages import _with_thumb_context
-from tests.synthetic import shot_frames
+from tests.synthetic import shot_frames, write_video
 
 FPS = 25
 SHOTS_S = [2.6, 3.3, 1.7, 4.1, 2.2, 3.0, 2.9, 4.2]  # 24 s, cuts between sampled frames
@@ -23,17 +22,8 @@ SHOTS_S = [2.6, 3.3, 1.7, 4.1, 2.2, 3.0, 2.9, 4.2]  # 24 s, cuts between sampled
 
 def write_h264(path: Path, frames: np.ndarray, gop: int = 50) -> Path:
     """H.264 in MP4 with x264's B-frames and a keyframe every `gop` frames."""
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=FPS)
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"g": str(gop), "keyint_min": str(gop), "sc_threshold": "0", "bf": "3"}
-        for f in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+    options = {"g": str(gop), "keyint_min": str(gop), "sc_threshold": "0", "bf": "3"}
+    return write_video(path, frames, fps=FPS, codec="libx264", options=options)
 
 
 @pytest.fixture(scope="module")
