@@ -193,37 +193,56 @@ def test_a_killed_worker_node_loses_no_video(clips, cluster, one_node, tmp_path)
         cluster.add_worker()  # back to two workers for the next tests
 
 
-def _running_task_pids(cluster, names: tuple[str, ...]) -> list[int]:
-    """Worker processes of the cluster's worker nodes now running one of the named tasks
-    (Ray titles a worker 'ray::<task>' while it runs one)."""
+def _worker_pids(cluster) -> list[int]:
+    """The worker processes of the cluster's worker nodes (children of their raylets)."""
     raylets = {cluster.raylet_pid(w) for w in cluster.workers}
     pids = []
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmd = f.read().decode(errors="replace")
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid in raylets and any(cmd.startswith(f"ray::{n}") for n in names):
-            pids.append(int(entry))
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) in raylets:
+                        pids.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                continue
     return pids
+
+
+def _running_task_pids(cluster, names: tuple[str, ...]) -> list[int]:
+    """Worker processes of the cluster's worker nodes now running one of the named tasks
+    (Ray titles a worker 'ray::<task>' while it runs one)."""
+    pids = []
+    for pid in _worker_pids(cluster):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        if any(cmd.startswith(f"ray::{n}") for n in names):
+            pids.append(pid)
+    return pids
+
+
+def _kill_one_running(proc: subprocess.Popen, cluster, names: tuple[str, ...], out: Path) -> int | None:
+    """SIGKILL the first worker caught running one of the named tasks while the job `proc`
+    still runs and has not committed every video (60 s at most); returns its pid (None: none
+    caught)."""
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        pids = _running_task_pids(cluster, names)
+        if pids:
+            assert len(committed(out)) < N_CLIPS, "the run ended before a worker could be killed"
+            os.kill(pids[0], signal.SIGKILL)
+            return pids[0]
+        time.sleep(0.01)
+    return None
 
 
 def test_a_killed_worker_process_loses_no_video(clips, cluster, one_node, tmp_path):
     out = tmp_path / "out"
     proc = start_job(clips, out, cluster.address)
     wait_for_commits(proc, out, 1)
-    deadline, killed = time.time() + 60, None
-    while killed is None and time.time() < deadline and proc.poll() is None:
-        pids = _running_task_pids(cluster, ("MapBatches(DecodeStage)", "finalize_here"))
-        if pids:
-            killed = pids[0]
-            os.kill(killed, signal.SIGKILL)
-        time.sleep(0.01)
+    killed = _kill_one_running(proc, cluster, ("MapBatches(DecodeStage)", "finalize_here"), out)
     assert killed is not None, "no decode or finalize task was caught running"
     assert finish(proc, out) == 0, log_tail(out)
     rep = report(out)
@@ -266,35 +285,13 @@ def test_a_killed_embedding_actor_is_restarted_and_its_chunks_retried(clips, clu
     out = tmp_path / "out"
     proc = start_job(clips, out, cluster.address, args)
     wait_for_commits(proc, out, 1)
-    deadline, killed = time.time() + 60, None
-    while killed is None and time.time() < deadline and proc.poll() is None:
-        pids = _running_task_pids(cluster, ("MapWorker(MapBatches(EmbedStage))",))
-        if pids:
-            assert len(committed(out)) < N_CLIPS, "the run ended before the actor could be killed"
-            killed = pids[0]
-            os.kill(killed, signal.SIGKILL)
-        time.sleep(0.01)
+    killed = _kill_one_running(proc, cluster, ("MapWorker(MapBatches(EmbedStage))",), out)
     assert killed is not None, "no embedding actor was found"
     assert finish(proc, out) == 0, log_tail(out)
     rep = report(out)
     assert rep["videos"] == {"done": N_CLIPS, "failed": 0, "skipped": 0}, log_tail(out)
     assert rep["uncommitted"] == 0 and len(committed(out)) == N_CLIPS
     assert_same_outputs(out, snapshot(ref))
-
-
-def _worker_pids(cluster) -> list[int]:
-    """The worker processes of the cluster's worker nodes (children of their raylets)."""
-    raylets = {cluster.raylet_pid(w) for w in cluster.workers}
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) in raylets:
-                        pids.append(int(entry))
-            except (OSError, IndexError, ValueError):
-                continue
-    return pids
 
 
 def _has_open(pid: int, path: str) -> bool:
