@@ -134,8 +134,8 @@ class CurateConfig:
     segment_s: float = field(
         default=defaults.SEGMENT_S,
         metadata={"help": "a video at least twice this long (seconds) is decoded in spans this long, "
-                  "each its own task, all at once (indexed constant-rate containers: MP4, MKV, "
-                  "WebM, MOV); the outputs are those of one decode; 0 = never split"},
+                  "each its own task, all at once (indexed containers: MP4, MKV, WebM, MOV; "
+                  "constant or variable frame rate); the outputs are those of one decode; 0 = never split"},
     )
     max_inflight_videos: int = field(
         default=8, metadata={"help": "videos being selected + written at once"}

@@ -180,9 +180,10 @@ def plan_spans(info: VideoInfo, opts: SamplingOptions, segment_s: float = defaul
 
 def seek_order(path: str, info: VideoInfo) -> np.ndarray | None:
     """The timestamps a span's decoder indexes frames by after a seek (`display_order`), or
-    None when the video cannot be split: a container without an index to seek in, a
-    variable frame rate, or packets whose timestamps do not name each frame once."""
-    if os.path.splitext(path)[1].lower() not in SEEKABLE_CONTAINERS or info.frame_times is not None:
+    None when the video cannot be split: a container without an index to seek in, or
+    packets whose timestamps do not name each frame once. A variable frame rate splits as
+    a constant one: frames are indexed by their timestamp's rank either way."""
+    if os.path.splitext(path)[1].lower() not in SEEKABLE_CONTAINERS:
         return None
     return display_order(path, info.num_frames)
 

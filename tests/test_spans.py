@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks.fault_corpus import write_video as write_timed
 from operators.decode import probe_video
 from operators.pipeline import SampledVideo, SamplingOptions, find_cuts, plan_spans, sample_chunks, seek_order
 from operators.stages import _with_thumb_context
@@ -26,10 +27,31 @@ def write_h264(path: Path, frames: np.ndarray, gop: int = 50) -> Path:
     return write_video(path, frames, fps=FPS, codec="libx264", options=options)
 
 
+def shots() -> np.ndarray:
+    return np.concatenate([shot_frames(round(s * FPS), 100 + i) for i, s in enumerate(SHOTS_S)])
+
+
 @pytest.fixture(scope="module")
 def long_video(tmp_path_factory) -> Path:
-    parts = [shot_frames(round(s * FPS), 100 + i) for i, s in enumerate(SHOTS_S)]
-    return write_h264(tmp_path_factory.mktemp("spans") / "long.mp4", np.concatenate(parts))
+    return write_h264(tmp_path_factory.mktemp("spans") / "long.mp4", shots())
+
+
+@pytest.fixture(scope="module")
+def vfr_video(tmp_path_factory) -> Path:
+    """The same frames at a variable rate: 25 fps with a stretch of 10 fps every 3 s (ms
+    timestamps), H.264 with B-frames in MP4."""
+    frames = shots()
+    gaps = [100 if (i // 25) % 3 == 1 and i % 25 < 10 else 40 for i in range(len(frames))]
+    pts = np.concatenate([[0], np.cumsum(gaps[:-1])]).tolist()
+    options = {"g": "50", "keyint_min": "50", "sc_threshold": "0", "bf": "3", "preset": "medium"}
+    path = tmp_path_factory.mktemp("spans-vfr") / "vfr.mp4"
+    return write_timed(path, frames, fps=FPS, options=options, pts=pts, time_base=1000)
+
+
+@pytest.fixture(params=["constant", "variable"])
+def any_rate(request, long_video, vfr_video) -> Path:
+    """The long video at a constant and at a variable frame rate."""
+    return long_video if request.param == "constant" else vfr_video
 
 
 OPTS = SamplingOptions(fps=2, size=32, chunk_frames=4, with_model=False, cascade_ratio=None)
@@ -55,8 +77,8 @@ def test_spans_cover_the_video_in_whole_chunks(long_video):
     assert plan_spans(info, OPTS, segment_s=0) == plan_spans(info, OPTS, segment_s=13) == [spans[0].__class__(0, n)]
 
 
-def test_spans_give_the_whole_decodes_chunks(long_video):
-    whole, per_span = _decode(long_video, OPTS, segment_s=4)
+def test_spans_give_the_whole_decodes_chunks(any_rate):
+    whole, per_span = _decode(any_rate, OPTS, segment_s=4)
     parts = [c for span in per_span for c in span]
     assert len(parts) == len(whole)
     for a, b in zip(whole, parts, strict=True):
@@ -66,16 +88,17 @@ def test_spans_give_the_whole_decodes_chunks(long_video):
         np.testing.assert_array_equal(a.signal_index, b.signal_index)
         for name in ("signal_dist", "signal_wdist", "signal_ldist", "signal_change", "signal_residual"):
             np.testing.assert_allclose(getattr(a, name), getattr(b, name), atol=1e-6, err_msg=name)
-    videos = [SampledVideo.concat(c, [None] * len(c), 24.0, FPS) for c in (whole, parts)]
+    info = probe_video(str(any_rate))
+    videos = [SampledVideo.concat(c, [None] * len(c), info.duration_s, info.fps) for c in (whole, parts)]
     cuts = find_cuts(videos[0])
     assert len(cuts) == len(SHOTS_S)  # every cut, found to the frame
     np.testing.assert_array_equal(cuts, np.cumsum([0, *(round(x * FPS) for x in SHOTS_S[:-1])]))
     np.testing.assert_array_equal(find_cuts(videos[1]), cuts)
 
 
-def test_spans_give_transnets_thumbnails_and_context(long_video):
+def test_spans_give_transnets_thumbnails_and_context(any_rate):
     opts = replace(OPTS, keep_thumbs=True)
-    whole, per_span = _decode(long_video, opts, segment_s=4)
+    whole, per_span = _decode(any_rate, opts, segment_s=4)
     ref = list(_with_thumb_context(iter(whole), True))
     got = [pair for span in per_span for pair in _with_thumb_context(iter(span), True)]
     assert len(got) == len(ref)
@@ -87,22 +110,29 @@ def test_spans_give_transnets_thumbnails_and_context(long_video):
         np.testing.assert_array_equal(ctx_a["thumbs_after"], ctx_b["thumbs_after"])
 
 
-def test_only_indexed_constant_rate_videos_are_split(long_video, shared_videos):
+def test_only_videos_in_indexed_containers_are_split(long_video, vfr_video, shared_videos):
     assert seek_order(str(long_video), probe_video(str(long_video))) is not None
+    info = probe_video(str(vfr_video))
+    assert info.frame_times is not None  # the variable rate is seen, and it splits too
+    assert seek_order(str(vfr_video), info) is not None
     avi = str(shared_videos / "Megamind.avi")  # no index to seek in
     assert seek_order(avi, probe_video(avi)) is None
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("detector", ["features", "transnetv2"])
-def test_the_job_splits_a_long_video_and_writes_what_one_decode_writes(ray_local, long_video, tmp_path, detector):
-    """The job with spans of 4 s (six span tasks for the 24 s video) against --segment-s 0."""
+@pytest.mark.parametrize(("rate", "detector"), [("constant", "features"), ("constant", "transnetv2"),
+                                               ("variable", "features")])
+def test_the_job_splits_a_long_video_and_writes_what_one_decode_writes(ray_local, long_video, vfr_video,
+                                                                       tmp_path, rate, detector):
+    """The job with spans of 4 s (six span tasks for the 24 s video, seven for its 28.8 s
+    variable-rate twin) against --segment-s 0."""
     from jobs import curate
     from tests.test_cluster import snapshot
 
+    video = long_video if rate == "constant" else vfr_video
     inp = tmp_path / "in"
     inp.mkdir()
-    (inp / "long.mp4").symlink_to(long_video)
+    (inp / video.name).symlink_to(video)
     args = ["--embedder", "features", "--fps", "2", "--chunk-frames", "4", "--k", "6",
             "--shot-detector", detector]
     outs = {}
@@ -111,7 +141,7 @@ def test_the_job_splits_a_long_video_and_writes_what_one_decode_writes(ray_local
         assert curate.main([str(inp), str(outs[seg]), *args, "--segment-s", seg]) == 0
     reports = {seg: json.loads((out / "report.json").read_text()) for seg, out in outs.items()}
     assert reports["0"]["split"] == {"videos": 0, "span_tasks": 0}
-    assert reports["4"]["split"] == {"videos": 1, "span_tasks": 6}
+    assert reports["4"]["split"] == {"videos": 1, "span_tasks": 6 if rate == "constant" else 7}
     one, split = snapshot(outs["0"]), snapshot(outs["4"])
     assert split == one
     shots = [r for (table, _), rows in one["tables"].items() if table == "shots" for r in rows]
