@@ -46,7 +46,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import DECODE_AND_FINALIZE, REPO, CpuMeter, LocalCluster, markdown_table
+from benchmarks.common import DECODE_AND_FINALIZE, REPO, ROLE_ORDER, CpuMeter, LocalCluster, markdown_table
 
 TABLES = ("nodes", "overhead", "rss", "assembler", "long", "faults", "kill")
 JOB_ARGS = ["--embedder", "features"]  # the defaults but the model: no CLIP weights here
@@ -160,7 +160,7 @@ def table_nodes(work: Path, args) -> str:
                 cluster.shutdown()
             small, big = meters[n], meters[3 * n]
             results[name].append((big.wall, big.own_s, big.wall - small.wall, big.own_s - small.own_s,
-                                  max(small.other_cores, big.other_cores)))
+                                  max(small.other_cores, big.other_cores), big.by_role))
     rows, base = [], None
     for name, runs in results.items():
         wall = min(r[0] for r in runs)
@@ -174,8 +174,17 @@ def table_nodes(work: Path, args) -> str:
     head = ["cluster (+ head, 0 CPUs)", f"wall s, {3 * n} clips", "video-s / wall-s (whole run)",
             "video-s / wall-s (marginal)", "vs one node", "video-s / CPU-s (marginal)", "vs one node",
             "CPU-s / video (marginal)", "other load (cores)"]
+    # where the CPU of each shape's fastest 3N run went: what a second node costs shows here
+    fastest = {name: min(runs, key=lambda r: r[0]) for name, runs in results.items()}
+    roles = sorted({role for r in fastest.values() for role in r[5]},
+                   key=lambda x: (ROLE_ORDER.index(x) if x in ROLE_ORDER else len(ROLE_ORDER), x))
+    by_role = [[role, *(f"{r[5].get(role, 0.0):.1f}" for r in fastest.values())] for role in roles]
+    by_role.append(["all", *(f"{r[1]:.1f}" for r in fastest.values())])
+    by_role.append(["wall s", *(f"{r[0]:.1f}" for r in fastest.values())])
     return (f"{n} then {3 * n} clips of {CLIP_SECONDS:.0f} s on each cluster, {args.runs} run(s) each, best of "
-            f"each column\n\n" + markdown_table(head, rows))
+            f"each column\n\n" + markdown_table(head, rows)
+            + f"\n\nCPU-s by process role in each shape's fastest {3 * n}-clip run\n\n"
+            + markdown_table(["process role", *fastest], by_role))
 
 
 def table_overhead(work: Path, args) -> str:
