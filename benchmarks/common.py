@@ -118,9 +118,10 @@ def _tree_ticks(root: int) -> dict[int, int]:
 DECODE_AND_FINALIZE = "decode + finalize tasks"
 JOB_ROLES = (("EmbedStage", "embedding actor"), ("DecodeStage", DECODE_AND_FINALIZE), ("_span_rows", DECODE_AND_FINALIZE),
              ("finalize_video", DECODE_AND_FINALIZE), ("finalize_here", DECODE_AND_FINALIZE),
+             ("AssemblerActor", "assemblers"),
              ("ListSources", "listing"), ("StreamingRepartition", "listing"),
              ("jobs.curate", "driver"))  # the last: a job run as its own driver process
-ROLE_ORDER = ("embedding actor", DECODE_AND_FINALIZE, "driver", "Ray")
+ROLE_ORDER = ("embedding actor", DECODE_AND_FINALIZE, "assemblers", "driver", "Ray")
 IDLE_WORKER = "ray::IDLE"
 
 

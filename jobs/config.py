@@ -140,6 +140,11 @@ class CurateConfig:
     max_inflight_videos: int = field(
         default=8, metadata={"help": "videos being selected + written at once"}
     )
+    assemblers: int = field(
+        default=0,
+        metadata={"help": "actors on the driver's node that gather each video's chunk rows, videos "
+                  "partitioned by id (0 = one per 64 CPUs of the cluster, at least 1)"},
+    )
     clips: bool = field(
         default=False,
         metadata={"help": "cut every clip window into OUTPUT/clips/<video_id>/<start_ms>-<end_ms>.mp4 "
@@ -203,6 +208,8 @@ class CurateConfig:
             raise ConfigError(f"--driver-niceness must be in 0..19, got {self.driver_niceness}")
         if self.chunk_frames < 1 or self.embed_batch_size < 1 or self.max_inflight_videos < 1:
             raise ConfigError("--chunk-frames, --embed-batch-size, --max-inflight-videos must be >= 1")
+        if self.assemblers < 0:
+            raise ConfigError(f"--assemblers must be >= 0 (0: one per 64 cluster CPUs), got {self.assemblers}")
         if not 0.0 < self.cascade_ratio <= 1.0:
             raise ConfigError("--cascade-ratio must be in (0, 1]")
         if self.segment_s < 0:

@@ -8,7 +8,9 @@ The pipeline (one Ray Data dataset, streaming):
                         paced by a ListingPacer actor so the listing never runs far ahead
       -> DecodeStage      CPU tasks: download, decode at model size, features; chunk rows
       -> EmbedStage       actor pool (GPU when there is one): CLIP embeddings per chunk
-      -> VideoAssembler   driver: gathers each video's chunk rows (embeddings only)
+      -> AssemblerActor   a few actors on the driver's node, videos partitioned by id: gather
+                          each video's chunk rows (embeddings only); the driver passes
+                          block references only
       -> finalize_video   CPU tasks: segment, select, write frames + tables, commit
 
 Videos are committed one by one as they finish, so a killed run keeps everything it had
@@ -29,12 +31,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from jobs.assembly import AssemblyStats, BlockFeeder, News, assembler_count, start_assemblers
 from jobs.compact import RunCompactor
 from jobs.config import ConfigError, CurateConfig
 from jobs.tally import RunTally
-from operators.assemble import VideoAssembler
-from operators.chunk_row import ChunkRow
-from operators.finalize import FinalizeSettings, finalize_resources, finalize_video
+from operators.finalize import FinalizeSettings, finalize_resources
 from operators.pipeline import (
     SamplingOptions,
     SelectOptions,
@@ -378,19 +379,13 @@ def run(cfg: CurateConfig, listed: tuple | None = None) -> dict:
     return report
 
 
-def finalize_here(payload, settings) -> tuple[dict, str]:
-    """`finalize_video`, and the node it ran on (for the report's placement counts)."""
-    from operators.source_cache import current_node_id
-
-    return finalize_video(payload, settings), current_node_id()
-
-
 class RunLoop:
-    """The driver's loop: chunk rows from the dataset into the assembler, each complete
-    video to a finalize task on the node that cached its source, the rows it commits into
-    the tally, the shard roller (--format webdataset) and the run's compactor; it tells the
-    pacer how many videos have reached it. After the loop it rolls the last shards
-    (`shards`: `ShardRoller.finish`'s answer, None without webdataset)."""
+    """The driver's loop: block references from the dataset to the run's assembler actors
+    (`jobs.assembly`: they gather each video's chunk rows and start its finalize on the node
+    that cached its source), and what they answer into the tally, the shard roller
+    (--format webdataset) and the run's compactor; it tells the pacer how many videos have
+    reached the assemblers. After the loop it rolls the last shards (`shards`:
+    `ShardRoller.finish`'s answer, None without webdataset). The driver touches no row."""
 
     PROGRESS_EVERY = 32  # videos between reports to the pacer (<< its window)
 
@@ -400,14 +395,14 @@ class RunLoop:
 
         self.ray, self.cfg, self.storage, self.spec, self.settings = ray, cfg, storage, spec, settings
         self.tally = RunTally()
-        self.assembler = VideoAssembler()
+        self.assembly = AssemblyStats()
+        self.assemblers: list = []
+        self.feeder: BlockFeeder | None = None
         self.completed = False
         self.started_videos = 0
         self.split = {"videos": 0, "span_tasks": 0}  # long videos decoded in spans (--segment-s)
         self._reported = 0
-        self._inflight: dict = {}  # finalize ObjectRef -> (video_id, source_uri, source node)
         self._last_log = time.time()
-        self._given_up_seen = 0
         self.roller = None
         self.compactor = None
         self.shards: dict | None = None
@@ -431,89 +426,68 @@ class RunLoop:
             return {}
 
     def close(self) -> None:
-        """End the run's actors (worker processes): a process may run several jobs."""
-        for actor in (self.pacer, self.attempts):
+        """End the run's actors (worker processes): a process may run several jobs. After an
+        interruption, first take what the assemblers can still tell."""
+        if not self.completed and self.feeder is not None:
+            self.assembly = self.feeder.interrupted()
+        for actor in (self.pacer, self.attempts, *self.assemblers):
             try:
                 self.ray.kill(actor)
             except Exception:  # noqa: BLE001 - already gone with its node or the cluster
                 pass
 
     def assembler_stats(self) -> dict:
-        """How full the assembler got, and what it dropped or gave up."""
-        a = self.assembler
-        return {"peak_videos": a.peak_videos, "peak_bytes": a.peak_bytes, "duplicate_rows": a.duplicates,
-                "given_up": len(a.given_up), "never_completed": a.pending}
+        """How full the assemblers got, and what they dropped, gave up or handed on."""
+        return dataclasses.asdict(self.assembly) | {"actors": len(self.assemblers)}
 
     def run(self, parts: list) -> None:
-        """Stream the dataset to the end, then wait for every finalize task."""
+        """Stream the dataset to the end, then wait for every video's finalize."""
         ray, cfg = self.ray, self.cfg
         plan = stage_plan(ray, cfg, self.spec.kind == "clip")
-        self.finalize = ray.remote(max_retries=2, **plan.finalize.ray_options())(finalize_here)
-        self.settings_ref = ray.put(self.settings)
         if self.roller is not None:
             self.roller.bind(ray, **plan.finalize.ray_options())
         self.compactor = RunCompactor(ray, self.storage, cfg.output, cfg.compact_every, plan.finalize.ray_options())
+        count = assembler_count(cfg.assemblers, ray.cluster_resources().get("CPU", 1))
+        self.assemblers = start_assemblers(ray, count, ray.put(self.settings), plan.finalize.ray_options(),
+                                           cfg.max_inflight_videos)
+        self.feeder = BlockFeeder(ray, self.assemblers, self._absorb)
         done_ref = ray.remote(num_cpus=0)(done_ids).remote(self.storage, cfg.output, cfg.retry_failed)
         ds = build_dataset(ray, cfg, self.storage, parts, self.spec, plan, done_ref=done_ref, pacer=self.pacer,
                            attempts=self.attempts)
-        for chunk in ds.iter_rows():
-            row = ChunkRow.from_row(chunk)
-            seen_twice = self.assembler.duplicates
-            payload = self.assembler.add(row)
-            if row.chunk_index == 0 and self.assembler.duplicates == seen_twice:  # a video's first row
-                self.started_videos += 1
-                if row.spans > 1:
-                    self.split["videos"] += 1
-                    self.split["span_tasks"] += row.spans
-                if self.started_videos - self._reported >= self.PROGRESS_EVERY:
-                    self._progress()
-            for vid, uri in self._take_given_up():
-                log.error("gave up %s (%s): its chunks stopped arriving; not committed, a re-run "
-                          "processes it", vid, uri)
-            if payload is not None:
-                ref = self.finalize.options(**_finalize_placement(payload)).remote(payload, self.settings_ref)
-                self._inflight[ref] = (payload.meta["video_id"], payload.meta["source_uri"], payload.node_id)
-                self._drain(cfg.max_inflight_videos)
+        for bundle in ds.iter_internal_ref_bundles():
+            for block_ref in bundle.block_refs:
+                self.feeder.feed(block_ref)
+        self.assembly = self.feeder.finish()
         self._progress()
-        self._drain(0)
         self.compactor.wait()
-        for vid, uri in self.assembler.pending_videos():
-            log.error("%s (%s) never received all its chunks; not committed, a re-run processes it", vid, uri)
-        self.tally.uncommitted += self.assembler.pending + len(self.assembler.given_up)
+        self.tally.uncommitted += self.assembly.never_completed + self.assembly.given_up
         if self.roller is not None:
             self.shards = self.roller.finish(lambda: done_video_ids(self.storage, cfg.output))
         self.completed = True
-
-    def _take_given_up(self) -> list:
-        out = self.assembler.given_up[self._given_up_seen:]
-        self._given_up_seen = len(self.assembler.given_up)
-        return out
 
     def _progress(self) -> None:
         self._reported = self.started_videos
         self.pacer.progress.remote(self.started_videos)
 
-    def _drain(self, limit: int) -> None:
-        ray = self.ray
-        while len(self._inflight) > limit:
-            ready, _ = ray.wait(list(self._inflight), num_returns=1)
-            vid, uri, node = self._inflight.pop(ready[0])
-            try:
-                row, ran_on = ray.get(ready[0])
-            except ray.exceptions.RayError as exc:  # the task's node died past its retries
-                log.error("finalize of %s (%s) failed: %s; not committed, a re-run processes it",
-                          vid, uri, str(exc).splitlines()[0])
-                self.tally.uncommitted += 1
-                continue
+    def _absorb(self, news: News) -> None:
+        """One assembler's News: count the videos started, commit what finalize returned."""
+        self.started_videos += news.started
+        self.split["videos"] += news.split_videos
+        self.split["span_tasks"] += news.span_tasks
+        if self.started_videos - self._reported >= self.PROGRESS_EVERY:
+            self._progress()
+        for vid, uri, why in news.lost:
+            log.error("finalize of %s (%s) failed: %s; not committed, a re-run processes it", vid, uri, why)
+            self.tally.uncommitted += 1
+        for row, node, ran_on in news.committed:
             self.tally.add(row, source_node=node, ran_on=ran_on)
             if self.roller is not None:
                 self.roller.committed(row)
             self.compactor.committed(row["video_id"])
             log.debug("%s %s %s", row["status"], row["video_id"], row["source_uri"])
-            if time.time() - self._last_log > 10:
-                log.info("videos finished: %d (%d received, %d in flight)", self.tally.finished,
-                         self.started_videos, self.assembler.pending)
-                self._last_log = time.time()
+        if time.time() - self._last_log > 10:
+            log.info("videos finished: %d (%d received)", self.tally.finished, self.started_videos)
+            self._last_log = time.time()
 
 
 def done_video_ids(storage: Storage, output: str) -> set[str]:
@@ -578,16 +552,6 @@ def finish_output(storage: Storage, cfg: CurateConfig, report: dict) -> dict:
     except Exception as exc:  # noqa: BLE001 - the data is committed; the report can be redone
         log.error("writing report.html failed (run python -m jobs.report on OUTPUT): %s", exc)
     return report
-
-
-def _finalize_placement(payload) -> dict:
-    """Ray options that run a video's finalize on the node that decoded it, which holds the
-    source it downloaded (soft: anywhere else when that node is gone)."""
-    if not payload.node_id:
-        return {}
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(payload.node_id, soft=True)}
 
 
 def summary(report: dict) -> str:

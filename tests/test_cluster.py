@@ -41,7 +41,8 @@ from tests.synthetic import make_shots_video
 pytestmark = pytest.mark.integration
 
 N_CLIPS = 12
-JOB_ARGS = ["--embedder", "features", "--fps", "4", "--k", "3", "--method", "kmeans", "--max-inflight-videos", "4"]
+JOB_ARGS = ["--embedder", "features", "--fps", "4", "--k", "3", "--method", "kmeans", "--max-inflight-videos", "4",
+            "--assemblers", "2"]  # two assembler actors: rows are handed between them
 TIMINGS = {"download_s", "decode_s", "features_s", "embed_s", "select_s", "write_s", "finished_at"}
 
 
