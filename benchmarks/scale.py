@@ -38,6 +38,7 @@ Tables (each ratio against a baseline measured in the same run):
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -297,63 +298,67 @@ def table_assembler(work: Path, args) -> str:
         assert done == len(rows) // per_video, done
         rows_out.append([f"ChunkRow.from_row + VideoAssembler.add in process, {per_video} row(s) a video",
                          f"{len(rows):,}", f"{len(rows) / cpu:,.0f}", "", "", f"{len(rows) * 64 / cpu:,.0f} (CPU-s)"])
-    # Ray Data's own delivery of such rows to the driver (iter_rows), on a local Ray
+    # through Ray: the driver's iter_rows of row-by-row blocks (the job before the assembler
+    # actors) against the job's path, on a local Ray
     import numpy as np
     import ray
     import ray.data
 
+    from jobs.assembly import BlockFeeder, start_assemblers
     from operators.listing import BLOCK_BYTES
+    from operators.stages import one_chunk
 
-    n = 2000
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     try:
         ctx = ray.data.DataContext.get_current()
         ctx.target_max_block_size = BLOCK_BYTES
         ctx.execution_options.preserve_order = False
-        template = _chunk_rows(1, 1)[0]
+        for frames, n in ((2, 8000), (64, 2000)):
+            template = _chunk_rows(1, 1, frames=frames)[0]
 
-        def make(batch):
-            for vid in batch["id"]:
-                yield {k: (np.array([f"{int(vid):020d}"], dtype=object) if k == "video_id" else
-                           (np.array([v], dtype=object) if isinstance(v, str) else np.array([v])))
-                       for k, v in template.items()}
+            def make(batch, template=template, chunks=1):
+                # as DecodeStage does: row by row (each video `chunks` rows, the first only)
+                for vid in batch["id"]:
+                    yield {k: (np.array([f"{int(vid):020d}"], dtype=object) if k == "video_id" else
+                               np.array([chunks]) if k == "n_chunks" else
+                               (np.array([v], dtype=object) if isinstance(v, str) else np.array([v])))
+                           for k, v in template.items()}
 
-        ds = ray.data.range(n, override_num_blocks=50).map_batches(make, batch_size=1)
-        ds = ds.materialize()
-        a = VideoAssembler()
-        t0, c0 = time.perf_counter(), time.process_time()
-        got = sum(a.add(ChunkRow.from_row(r)) is not None for r in ds.iter_rows())
-        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-        assert got == n, got
-        base = n / wall
-        rows_out.append(["Ray Data iter_rows + the above on the driver, 1 row a video (materialized)", f"{n:,}",
-                         f"{n / cpu:,.0f}", f"{n / wall:,.0f}", "1.00x", f"{n * 64 / wall:,.0f}"])
-        # the job's path: the driver passes block references to N assembler actors, which turn
-        # them into rows and gather them (these videos lack their second chunk: none is
-        # finalized, so only the gathering is timed)
-        from jobs.assembly import BlockFeeder, start_assemblers
-
-        held = ds.map_batches(lambda b: {**b, "n_chunks": np.full(len(b["n_chunks"]), 2)}, batch_size=None,
-                              batch_format="numpy").materialize()
-        for count in (1, 2):
-            actors = start_assemblers(ray, count, ray.put(None), {}, 8)
-            feeder = BlockFeeder(ray, actors, lambda news: None)
+            ds = ray.data.range(n, override_num_blocks=50).map_batches(make, batch_size=1).materialize()
+            a = VideoAssembler()
             t0, c0 = time.perf_counter(), time.process_time()
-            for bundle in held.iter_internal_ref_bundles():
-                for ref in bundle.block_refs:
-                    feeder.feed(ref)
-            stats = feeder.finish()
+            got = sum(a.add(ChunkRow.from_row(r)) is not None for r in ds.iter_rows())
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-            assert stats.never_completed == n, stats
-            for actor in actors:
-                ray.kill(actor)
-            rows_out.append([f"driver hands block references to {count} assembler actor(s) (the job)", f"{n:,}",
-                             f"{n / cpu:,.0f} (driver)", f"{n / wall:,.0f}", f"{n / wall / base:.2f}x",
-                             f"{n * 64 / wall:,.0f}"])
+            assert got == n, got
+            base = n / wall
+            rows_out.append([f"{frames}-frame rows: the driver's iter_rows + the above, row-by-row blocks (before)",
+                             f"{n:,}", f"{n / cpu:,.0f}", f"{n / wall:,.0f}", "1.00x", f"{n * frames / wall:,.0f}"])
+            # the job's path: contiguous blocks (one_chunk, fused into the decode tasks); the
+            # driver hands their references to N assembler actors, which gather the rows (these
+            # videos lack their second chunk: none is finalized, only the gathering is timed)
+            held = ray.data.range(n, override_num_blocks=50).map_batches(
+                functools.partial(make, chunks=2), batch_size=1).map_batches(
+                one_chunk, batch_size=None, batch_format="pyarrow", zero_copy_batch=True).materialize()
+            for count in (1, 2):
+                actors = start_assemblers(ray, count, ray.put(None), {}, 8)
+                feeder = BlockFeeder(ray, actors, lambda news: None)
+                t0, c0 = time.perf_counter(), time.process_time()
+                for bundle in held.iter_internal_ref_bundles():
+                    for ref in bundle.block_refs:
+                        feeder.feed(ref)
+                stats = feeder.finish()
+                wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+                assert stats.never_completed == n, stats
+                for actor in actors:
+                    ray.kill(actor)
+                rows_out.append([f"{frames}-frame rows: the driver hands references of contiguous blocks to {count} "
+                                 f"assembler actor(s) (the job)", f"{n:,}", f"{n / cpu:,.0f} (driver)",
+                                 f"{n / wall:,.0f}", f"{n / wall / base:.2f}x", f"{n * frames / wall:,.0f}"])
     finally:
         ray.shutdown()
-    head = ["path", "rows", "rows / CPU-s", "rows / wall-s", "vs driver iter_rows", "sampled frames / wall-s"]
-    return ("chunk rows of 64 sampled frames, 512-d float16 embeddings, on a local 2-CPU Ray\n\n"
+    head = ["path", "rows", "rows / CPU-s", "rows / wall-s", "vs before", "sampled frames / wall-s"]
+    return ("chunk rows of 2 sampled frames (a 2 s clip at 1 fps) and of 64 (a full chunk), 512-d float16 "
+            "embeddings; the paths through Ray on a local 2-CPU Ray, each video's rows materialized first\n\n"
             + markdown_table(head, rows_out))
 
 

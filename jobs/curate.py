@@ -259,7 +259,7 @@ def build_dataset(ray, cfg: CurateConfig, storage: Storage, parts: list, spec, p
     import ray.data
 
     from operators.listing import BLOCK_BYTES, ListSources, one_video_per_block
-    from operators.stages import DecodeStage, EmbedStage
+    from operators.stages import DecodeStage, EmbedStage, one_chunk
 
     sampling = sampling_options(cfg, spec)
     plan = plan or stage_plan(ray, cfg, sampling.with_model)
@@ -290,6 +290,9 @@ def build_dataset(ray, cfg: CurateConfig, storage: Storage, parts: list, spec, p
         batch_format="numpy",
         **plan.decode.ray_options(),
     )
+    # DecodeStage yields row by row: one contiguous block each (fused into its tasks)
+    ds = ds.map_batches(one_chunk, batch_size=None, batch_format="pyarrow", zero_copy_batch=True,
+                        **plan.decode.ray_options())
     if plan.shots is not None:
         from operators.stages import TransNetStage
 
