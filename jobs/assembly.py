@@ -220,7 +220,8 @@ def start_assemblers(ray, count: int, settings_ref, finalize_options: dict, max_
     per_actor = -(-max_inflight_videos // count)
     cls = ray.remote(num_cpus=0, scheduling_strategy=here)(AssemblerActor)
     actors = [cls.remote(i, count, [settings_ref], finalize_options, per_actor) for i in range(count)]
-    ray.get([a.bind.remote(actors) for a in actors])
+    for a in actors:  # not waited for: the actors start while the dataset does (calls run in order)
+        a.bind.remote(actors)
     return actors
 
 
