@@ -340,19 +340,24 @@ def table_assembler(work: Path, args) -> str:
                 functools.partial(make, chunks=2), batch_size=1).map_batches(
                 one_chunk, batch_size=None, batch_format="pyarrow", zero_copy_batch=True).materialize()
             for count in (1, 2):
-                actors = start_assemblers(ray, count, ray.put(None), {}, 8)
-                feeder = BlockFeeder(ray, actors, lambda news: None)
-                t0, c0 = time.perf_counter(), time.process_time()
-                for bundle in held.iter_internal_ref_bundles():
-                    for ref in bundle.block_refs:
-                        feeder.feed(ref)
-                stats = feeder.finish()
-                wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-                assert stats.never_completed == n, stats
-                for actor in actors:
-                    ray.kill(actor)
+                best = None  # best of 3: on two shared cores a run now and then takes 2-3x as long
+                for _ in range(3):
+                    actors = start_assemblers(ray, count, ray.put(None), {}, 8)
+                    ray.get([actor.stats.remote() for actor in actors])  # started (the job starts them meanwhile)
+                    feeder = BlockFeeder(ray, actors, lambda news: None)
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    for bundle in held.iter_internal_ref_bundles():
+                        for ref in bundle.block_refs:
+                            feeder.feed(ref)
+                    stats = feeder.finish()
+                    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+                    assert stats.never_completed == n, stats
+                    for actor in actors:
+                        ray.kill(actor)
+                    best = min(best or (wall, cpu), (wall, cpu))
+                wall, cpu = best
                 rows_out.append([f"{frames}-frame rows: the driver hands references of contiguous blocks to {count} "
-                                 f"assembler actor(s) (the job)", f"{n:,}", f"{n / cpu:,.0f} (driver)",
+                                 f"assembler actor(s) (the job; best of 3)", f"{n:,}", f"{n / cpu:,.0f} (driver)",
                                  f"{n / wall:,.0f}", f"{n / wall / base:.2f}x", f"{n * frames / wall:,.0f}"])
     finally:
         ray.shutdown()
