@@ -21,8 +21,9 @@ Tables (each ratio against a baseline measured in the same run):
 - assembler: what gathering chunk rows into videos takes: rows per second through
   ChunkRow.from_row + VideoAssembler.add in one process (64 frames a row, 512-d float16
   embeddings, 1 and 8 rows a video), through Ray Data's iter_rows on one driver (the job's
-  path before the assembler actors), and through the job's path: the driver hands block
-  references to 1 and 2 assembler actors (jobs/assembly.py).
+  path before the assembler actors), and through the job's path: contiguous blocks whose
+  references the driver hands to its own assembler (one, the default below 128 CPUs) or
+  to 2 assembler actors (jobs/assembly.py).
 - long: one long video (Big Buck Bunny's 30 s looped, packets copied) decoded as one task
   (--segment-s 0) against spans at once (the default --segment-s), on one 2-CPU node:
   wall time, CPU, the largest decode worker's private RSS, and whether both wrote the same shots
@@ -304,7 +305,7 @@ def table_assembler(work: Path, args) -> str:
     import ray
     import ray.data
 
-    from jobs.assembly import BlockFeeder, start_assemblers
+    from jobs.assembly import assembly_feeder
     from operators.listing import BLOCK_BYTES
     from operators.stages import one_chunk
 
@@ -342,9 +343,8 @@ def table_assembler(work: Path, args) -> str:
             for count in (1, 2):
                 best = None  # best of 3: on two shared cores a run now and then takes 2-3x as long
                 for _ in range(3):
-                    actors = start_assemblers(ray, count, ray.put(None), {}, 8)
+                    feeder, actors = assembly_feeder(ray, count, ray.put(None), {}, 8, lambda news: None)
                     ray.get([actor.stats.remote() for actor in actors])  # started (the job starts them meanwhile)
-                    feeder = BlockFeeder(ray, actors, lambda news: None)
                     t0, c0 = time.perf_counter(), time.process_time()
                     for bundle in held.iter_internal_ref_bundles():
                         for ref in bundle.block_refs:
@@ -356,8 +356,9 @@ def table_assembler(work: Path, args) -> str:
                         ray.kill(actor)
                     best = min(best or (wall, cpu), (wall, cpu))
                 wall, cpu = best
-                rows_out.append([f"{frames}-frame rows: the driver hands references of contiguous blocks to {count} "
-                                 f"assembler actor(s) (the job; best of 3)", f"{n:,}", f"{n / cpu:,.0f} (driver)",
+                where = "its own assembler (the job up to 127 CPUs)" if count == 1 else f"{count} assembler actors"
+                rows_out.append([f"{frames}-frame rows: contiguous blocks, the driver hands their references to "
+                                 f"{where}; best of 3", f"{n:,}", f"{n / cpu:,.0f} (driver)",
                                  f"{n / wall:,.0f}", f"{n / wall / base:.2f}x", f"{n * frames / wall:,.0f}"])
     finally:
         ray.shutdown()

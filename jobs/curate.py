@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from jobs.assembly import AssemblyStats, BlockFeeder, News, assembler_count, start_assemblers
+from jobs.assembly import AssemblyStats, News, assembler_count, assembly_feeder
 from jobs.compact import RunCompactor
 from jobs.config import ConfigError, CurateConfig
 from jobs.tally import RunTally
@@ -383,12 +383,13 @@ def run(cfg: CurateConfig, listed: tuple | None = None) -> dict:
 
 
 class RunLoop:
-    """The driver's loop: block references from the dataset to the run's assembler actors
+    """The driver's loop: block references from the dataset to the run's assemblers
     (`jobs.assembly`: they gather each video's chunk rows and start its finalize on the node
-    that cached its source), and what they answer into the tally, the shard roller
-    (--format webdataset) and the run's compactor; it tells the pacer how many videos have
-    reached the assemblers. After the loop it rolls the last shards (`shards`:
-    `ShardRoller.finish`'s answer, None without webdataset). The driver touches no row."""
+    that cached its source; actors on the driver's node, or with one assembler the driver
+    itself), and what they answer into the tally, the shard roller (--format webdataset) and
+    the run's compactor; it tells the pacer how many videos have reached the assemblers.
+    After the loop it rolls the last shards (`shards`: `ShardRoller.finish`'s answer, None
+    without webdataset)."""
 
     PROGRESS_EVERY = 32  # videos between reports to the pacer (<< its window)
 
@@ -400,7 +401,8 @@ class RunLoop:
         self.tally = RunTally()
         self.assembly = AssemblyStats()
         self.assemblers: list = []
-        self.feeder: BlockFeeder | None = None
+        self.feeder = None  # jobs.assembly: BlockFeeder or InProcessFeeder
+        self.count = 0  # assemblers
         self.completed = False
         self.started_videos = 0
         self.split = {"videos": 0, "span_tasks": 0}  # long videos decoded in spans (--segment-s)
@@ -441,7 +443,7 @@ class RunLoop:
 
     def assembler_stats(self) -> dict:
         """How full the assemblers got, and what they dropped, gave up or handed on."""
-        return dataclasses.asdict(self.assembly) | {"actors": len(self.assemblers)}
+        return dataclasses.asdict(self.assembly) | {"assemblers": self.count, "actors": len(self.assemblers)}
 
     def run(self, parts: list) -> None:
         """Stream the dataset to the end, then wait for every video's finalize."""
@@ -451,9 +453,9 @@ class RunLoop:
             self.roller.bind(ray, **plan.finalize.ray_options())
         self.compactor = RunCompactor(ray, self.storage, cfg.output, cfg.compact_every, plan.finalize.ray_options())
         count = assembler_count(cfg.assemblers, ray.cluster_resources().get("CPU", 1))
-        self.assemblers = start_assemblers(ray, count, ray.put(self.settings), plan.finalize.ray_options(),
-                                           cfg.max_inflight_videos)
-        self.feeder = BlockFeeder(ray, self.assemblers, self._absorb)
+        self.count = count
+        self.feeder, self.assemblers = assembly_feeder(ray, count, ray.put(self.settings), plan.finalize.ray_options(),
+                                                       cfg.max_inflight_videos, self._absorb)
         done_ref = ray.remote(num_cpus=0)(done_ids).remote(self.storage, cfg.output, cfg.retry_failed)
         ds = build_dataset(ray, cfg, self.storage, parts, self.spec, plan, done_ref=done_ref, pacer=self.pacer,
                            attempts=self.attempts)

@@ -1,5 +1,5 @@
-"""The run's assembler actors (jobs/assembly.py): videos partitioned by id, rows handed to
-their owner, outputs equal whatever the number of actors, and the driver touches no row."""
+"""The run's assemblers (jobs/assembly.py): videos partitioned by id, rows handed to their
+owner, outputs equal whatever the number of actors and with one assembler in the driver."""
 
 from __future__ import annotations
 
@@ -66,7 +66,9 @@ def test_videos_gathered_across_three_assemblers_equal_one(clips, tmp_path, ray_
         assert rep["videos"] == {"done": 8, "failed": 0, "skipped": 0}
         assert rep["uncommitted"] == 0 and rep["assembler"]["never_completed"] == 0
         assert rep["assembler"]["duplicate_rows"] == 0
-    assert one["assembler"]["actors"] == 1 and one["assembler"]["forwarded_rows"] == 0
+    # one assembler runs in the driver's process, three in actors
+    assert one["assembler"]["assemblers"] == 1 and one["assembler"]["actors"] == 0
+    assert one["assembler"]["forwarded_rows"] == 0
     # rows reached an actor that did not own their video, and were handed on
     assert three["assembler"]["actors"] == 3 and three["assembler"]["forwarded_rows"] > 0
     assert_same_outputs(tmp_path / "three", snapshot(tmp_path / "one"))

@@ -430,6 +430,18 @@ def check_requests_fit(nodes: dict[str, tuple[float, float, float]], argv: list[
             f"{where}/{name}: {per_node} decode tasks of {plan.decode.memory / 2**20:.0f} MiB exceed Ray's memory")
 
 
+def check_head_holds_the_assemblers(head_cores: float, nodes: dict[str, tuple[float, float, float]],
+                                    argv: list[str], where: str) -> None:
+    """The head (Ray CPU 0) has a core for the driver and one for each assembler actor the
+    job starts on it (jobs.assembly: one per 64 CPUs of the cluster at its largest)."""
+    from jobs.assembly import assembler_count
+    from jobs.curate import config_from_args
+
+    cfg = config_from_args(argv)
+    actors = assembler_count(cfg.assemblers, sum(r[0] for r in nodes.values()))
+    assert head_cores >= actors + 1, f"{where}: the head's {head_cores:g} cores cannot hold the driver and {actors} assemblers"
+
+
 def test_rayjob_groups_fit_the_codes_requests() -> None:
     job = load_one(RAYJOB, "RayJob")
     cluster = job["spec"]["rayClusterSpec"]
@@ -442,6 +454,8 @@ def test_rayjob_groups_fit_the_codes_requests() -> None:
                                               k8s_quantity(limits.get("nvidia.com/gpu", 0)))
     argv = curate_argv(job["spec"]["entrypoint"])
     check_requests_fit(nodes, ["in", "out", *argv[2:]], "RayJob")
+    head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    check_head_holds_the_assemblers(k8s_quantity(head["cpu"]), nodes, ["in", "out", *argv[2:]], "RayJob")
 
 
 def test_launcher_node_types_fit_the_codes_requests() -> None:
@@ -454,6 +468,15 @@ def test_launcher_node_types_fit_the_codes_requests() -> None:
             nodes[f"{name}-{i}"] = (float(cpus), mem_gib * 2**30, float(gpus))
     argv = ["in", "out", "--embedder", "clip", "--embed-concurrency", "1,4"]  # as cluster/README.md runs it
     check_requests_fit(nodes, argv, "ray-cluster.yaml")
+    head = cfg["available_node_types"][cfg["head_node_type"]]["node_config"]["InstanceType"]
+    check_head_holds_the_assemblers(INSTANCE_TYPES[head][0], nodes, argv, "ray-cluster.yaml")
+
+
+def test_the_head_check_catches_a_head_too_small_for_the_assemblers() -> None:
+    nodes = {f"w{i}": (64.0, 2**38, 0.0) for i in range(8)}  # 512 CPUs: 8 assemblers
+    check_head_holds_the_assemblers(9, nodes, ["in", "out"], "big")
+    with pytest.raises(AssertionError, match="cannot hold the driver and 8 assemblers"):
+        check_head_holds_the_assemblers(4, nodes, ["in", "out"], "big")
 
 
 def test_the_resource_check_catches_a_node_too_small() -> None:
