@@ -143,7 +143,7 @@ class CurateConfig:
     assemblers: int = field(
         default=0,
         metadata={"help": "actors on the driver's node that gather each video's chunk rows, videos "
-                  "partitioned by id (0 = one per 64 CPUs of the cluster, at least 1)"},
+                  "partitioned by id (0 = one per 64 CPUs of the cluster, at least 1; a single one runs in the driver)"},
     )
     clips: bool = field(
         default=False,
