@@ -1,15 +1,14 @@
-"""The run's assembler actors: each video's chunk rows gathered off the driver, the videos
-partitioned by id across a few actors.
+"""The run's assemblers: each video's chunk rows gathered into a whole video, the videos
+partitioned by id across a few actors, so that no one process has to take every row.
 
-Ray Data turns a block into rows at ~1,300 rows per core-second here (its per-row
-conversion: `benchmarks.scale`, assembler table), so a driver that took every row itself
-capped a cluster of short videos at about that many videos a second. Instead the driver
-only passes block references (no data) round robin to `count` AssemblerActors. Each turns
-its blocks into ChunkRows, keeps the rows of the videos it owns (`owner`: a hash of the
-video id), hands the others to their owners, gathers each video in a VideoAssembler and
+The driver passes block references (no data) round robin to `count` AssemblerActors. Each
+turns its blocks into ChunkRows, keeps the rows of the videos it owns (`owner`: a hash of
+the video id), hands the others to their owners, gathers each video in a VideoAssembler and
 starts its finalize task on the node that cached the source. The driver gets back News per
-block: videos started, finalize results (videos/ rows) and videos lost, for its tally, the
-listing pacer, the shard roller and the compactor.
+call: videos started, finalize results (videos/ rows) and videos lost, for its tally, the
+listing pacer, the shard roller and the compactor. With one assembler the same class runs
+in the driver's process (InProcessFeeder). Why, and what each path takes:
+docs/decisions.md and `benchmarks.scale` (assembler table).
 
 The actors reserve no CPU and live on the driver's node, like the pacer: a worker node that
 dies loses none of the videos in assembly.
