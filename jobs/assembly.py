@@ -113,7 +113,7 @@ class AssemblerActor:
 
     async def bind(self, peers: list) -> None:
         """The run's actors, in order (this one among them). Imports Ray Data's block
-        reader now (~1.5 s in a fresh worker), while the dataset starts, not on the first block."""
+        reader now, while the dataset starts, not on the first block."""
         from ray.data.block import BlockAccessor  # noqa: F401
 
         self.peers = peers
@@ -159,14 +159,17 @@ class AssemblerActor:
                 self._inflight[asyncio.wrap_future(ref.future())] = (meta["video_id"], meta["source_uri"],
                                                                        payload.node_id)
                 await self._drain(self.max_inflight)
-        for fut in [f for f in self._inflight if f.done()]:
-            self._settle(fut)
+        self._settle_done()
 
     async def _drain(self, limit: int) -> None:
         while len(self._inflight) > limit:
             done, _ = await asyncio.wait(list(self._inflight), return_when=asyncio.FIRST_COMPLETED)
             for fut in done:
                 self._settle(fut)
+
+    def _settle_done(self) -> None:
+        for fut in [f for f in self._inflight if f.done()]:
+            self._settle(fut)
 
     def _settle(self, fut) -> None:
         if fut not in self._inflight:  # settled by another coroutine waiting on it too
@@ -185,8 +188,7 @@ class AssemblerActor:
 
     async def news(self) -> News:
         """The News since the last answer, without waiting for anything."""
-        for fut in [f for f in self._inflight if f.done()]:
-            self._settle(fut)
+        self._settle_done()
         return self._take_news()
 
     async def finish(self) -> tuple[News, AssemblyStats]:
@@ -243,11 +245,11 @@ class BlockFeeder:
         self._busy.add(i)
 
     def _answered(self, timeout: float | None) -> None:
+        """Take every answered call, after waiting up to `timeout` for the first."""
         ready, _ = self.ray.wait(list(self._calls), num_returns=1, timeout=timeout)
         if ready:
-            more, _ = self.ray.wait([c for c in self._calls if c not in ready], num_returns=len(self._calls) - 1,
-                                    timeout=0) if len(self._calls) > 1 else ([], [])
-            for call in ready + more:
+            ready, _ = self.ray.wait(list(self._calls), num_returns=len(self._calls), timeout=0)
+            for call in ready:
                 i = self._calls.pop(call)
                 self._busy.discard(i)
                 self.absorb(self.ray.get(call))
@@ -296,8 +298,8 @@ class InProcessFeeder:
     """A run's one assembler (`--assemblers` 1, the default below 128 cluster CPUs) in the
     driver's own process: the same AssemblerActor, run on an event loop of the driver's,
     with BlockFeeder's feed / finish / interrupted. An actor would cost the run a process
-    that imports Ray Data (~2 CPU-s) and a hop per block, for nothing to share the work with;
-    the driver reads contiguous blocks at ~17,000 rows of 2 s clips a second."""
+    that imports Ray Data and a hop per block, for nothing to share the work with
+    (docs/decisions.md)."""
 
     def __init__(self, ray, settings_ref, finalize_options: dict, max_inflight_videos: int, absorb) -> None:
         self.ray, self.absorb = ray, absorb
@@ -316,10 +318,10 @@ class InProcessFeeder:
         self._loop.close()
         return stats
 
-    def interrupted(self, timeout: float = 10.0) -> AssemblyStats:
+    def interrupted(self) -> AssemblyStats:
         """After an interruption: the News and stats so far (best effort)."""
         try:
-            self.absorb(self._loop.run_until_complete(asyncio.wait_for(self.assembler.news(), timeout)))
+            self.absorb(self._loop.run_until_complete(self.assembler.news()))
         except Exception:  # noqa: BLE001 - a report without them, not no report
             pass
         return self.assembler._stats()

@@ -452,10 +452,10 @@ class RunLoop:
         if self.roller is not None:
             self.roller.bind(ray, **plan.finalize.ray_options())
         self.compactor = RunCompactor(ray, self.storage, cfg.output, cfg.compact_every, plan.finalize.ray_options())
-        count = assembler_count(cfg.assemblers, ray.cluster_resources().get("CPU", 1))
-        self.count = count
-        self.feeder, self.assemblers = assembly_feeder(ray, count, ray.put(self.settings), plan.finalize.ray_options(),
-                                                       cfg.max_inflight_videos, self._absorb)
+        self.count = assembler_count(cfg.assemblers, ray.cluster_resources().get("CPU", 1))
+        self.feeder, self.assemblers = assembly_feeder(ray, self.count, ray.put(self.settings),
+                                                       plan.finalize.ray_options(), cfg.max_inflight_videos,
+                                                       self._absorb)
         done_ref = ray.remote(num_cpus=0)(done_ids).remote(self.storage, cfg.output, cfg.retry_failed)
         ds = build_dataset(ray, cfg, self.storage, parts, self.spec, plan, done_ref=done_ref, pacer=self.pacer,
                            attempts=self.attempts)

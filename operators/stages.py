@@ -48,9 +48,8 @@ SPAN_ROWS_AHEAD = 4  # rows a span task may have waiting in the object store (me
 def one_chunk(block):
     """A block (pyarrow Table) with each column in one contiguous chunk. A stage that yields
     row by row leaves one Arrow chunk per row in each column, and Ray then (de)serializes
-    every chunk of every tensor column on its own: reading such a block back costs ~30x
-    a contiguous one (docs/decisions.md). Applied right after such a stage, fused into its
-    tasks."""
+    every chunk of every tensor column on its own, far slower than one contiguous chunk
+    (docs/decisions.md). Applied right after such a stage, fused into its tasks."""
     return block.combine_chunks()
 
 
